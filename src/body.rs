@@ -1,0 +1,154 @@
+//! One response body type: an upstream stream passed through frame by frame, a small fixed
+//! body, or nothing. It counts the bytes it hands out and writes the access log line when the
+//! response ends (completed, failed or dropped by the client).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// The body of every response the gateway sends.
+#[derive(Debug)]
+pub struct ResponseBody {
+    kind: Kind,
+    log: Option<Box<AccessLog>>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Empty,
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+impl ResponseBody {
+    /// No body (HEAD, 204, 304).
+    pub fn empty() -> Self {
+        ResponseBody {
+            kind: Kind::Empty,
+            log: None,
+        }
+    }
+
+    /// A body held in memory.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        ResponseBody {
+            kind: Kind::Full(Some(bytes.into())),
+            log: None,
+        }
+    }
+
+    /// The backend's body, forwarded as it arrives; backpressure reaches the backend.
+    pub fn upstream(body: Incoming) -> Self {
+        ResponseBody {
+            kind: Kind::Upstream(body),
+            log: None,
+        }
+    }
+
+    /// Attaches the access log record, written when this body is dropped.
+    pub fn with_log(mut self, mut log: AccessLog) -> Self {
+        // hyper never polls a body that is already at its end.
+        log.complete |= self.is_end_stream();
+        self.log = Some(Box::new(log));
+        self
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+        };
+        if let Some(log) = this.log.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        log.bytes += data.len() as u64;
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => log.failure = Some(e.to_string()),
+                Poll::Ready(None) => log.complete = true,
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream(body) => body.size_hint(),
+        }
+    }
+}
+
+/// One access log line, filled in along the request and written on drop.
+#[derive(Debug)]
+pub struct AccessLog {
+    /// Request method.
+    pub method: http::Method,
+    /// Host as the client sent it.
+    pub host: String,
+    /// Path without the query string.
+    pub path: String,
+    /// Region name, when the route resolved.
+    pub region: Option<String>,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Status the backend answered, when it was asked.
+    pub upstream_status: Option<u16>,
+    /// Body bytes handed to the client.
+    pub bytes: u64,
+    /// When the request arrived.
+    pub start: Instant,
+    /// The body ended normally.
+    pub complete: bool,
+    /// Why the body stream failed, if it did.
+    pub failure: Option<String>,
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let outcome = match (&self.failure, self.complete) {
+            (Some(_), _) => "failed",
+            (None, true) => "complete",
+            (None, false) => "aborted",
+        };
+        tracing::info!(
+            target: "s3edge::access",
+            method = %self.method,
+            host = %self.host,
+            path = %self.path,
+            region = self.region.as_deref().unwrap_or("-"),
+            status = self.status,
+            upstream_status = self.upstream_status,
+            bytes = self.bytes,
+            duration_ms = format_args!("{duration_ms:.3}"),
+            outcome,
+            failure = self.failure.as_deref(),
+        );
+    }
+}

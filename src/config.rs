@@ -1,0 +1,656 @@
+//! Configuration: TOML (unknown keys refused) → a validated runtime [`Config`].
+//!
+//! Every error names the file, the key and the reason, so `s3edge check-config` can say
+//! exactly what is wrong.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration problem: which file, which key, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    /// The file being read.
+    pub file: String,
+    /// The dotted key at fault (or `-` for the whole file).
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The validated configuration the gateway runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Plain-HTTP listen addresses.
+    pub http_listeners: Vec<SocketAddr>,
+    /// HTTPS listen addresses (need at least one certificate).
+    pub https_listeners: Vec<SocketAddr>,
+    /// Certificates, selected by SNI; the one marked default answers unknown names.
+    pub certificates: Vec<CertificateConfig>,
+    /// How long in-flight responses may run after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// CORS header values.
+    pub cors: CorsConfig,
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+    /// The regions, in the order they appear in the file (sorted by name).
+    pub regions: Vec<RegionConfig>,
+}
+
+/// One TLS certificate chain and key, and the host names it serves.
+#[derive(Debug, Clone)]
+pub struct CertificateConfig {
+    /// PEM certificate chain file.
+    pub cert: PathBuf,
+    /// PEM private key file.
+    pub key: PathBuf,
+    /// SNI names this certificate answers (lower case).
+    pub server_names: Vec<String>,
+    /// Whether it answers clients that send no or an unknown SNI name.
+    pub default: bool,
+}
+
+/// CORS header values sent when a request carries `Origin`.
+#[derive(Debug, Clone)]
+pub struct CorsConfig {
+    /// `Access-Control-Allow-Origin`.
+    pub allow_origin: String,
+    /// `Access-Control-Allow-Methods`.
+    pub allow_methods: String,
+    /// `Access-Control-Max-Age`, seconds.
+    pub max_age: u64,
+    /// `Access-Control-Allow-Headers` answered to preflights.
+    pub allow_headers: String,
+    /// `Access-Control-Expose-Headers`.
+    pub expose_headers: String,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            allow_origin: "*".into(),
+            allow_methods: "GET".into(),
+            max_age: 3000,
+            allow_headers:
+                "Range, If-Range, If-None-Match, If-Modified-Since, If-Match, If-Unmodified-Since"
+                    .into(),
+            expose_headers: "Content-Range, Content-Length, Accept-Ranges, ETag, Last-Modified"
+                .into(),
+        }
+    }
+}
+
+/// Upstream time limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect.
+    pub connect: Duration,
+    /// From sending the request to the response head.
+    pub response_head: Duration,
+    /// Idle connections kept in the pool this long.
+    pub pool_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(3),
+            response_head: Duration::from_secs(15),
+            pool_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How the bucket appears in upstream URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Addressing {
+    /// `https://endpoint/bucket/key`.
+    Path,
+    /// `https://bucket.endpoint/key`.
+    VirtualHosted,
+}
+
+/// Who runs the bucket: decides the storage classes and encryption used on writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provider {
+    /// Amazon S3: all storage classes, SSE-S3 at rest.
+    Aws,
+    /// Scaleway Object Storage: STANDARD only, no SSE-S3.
+    Scaleway,
+}
+
+/// Static credentials for one region, already resolved from the config or environment.
+#[derive(Clone)]
+pub struct StaticCredentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Session token of temporary credentials.
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for StaticCredentials {
+    // Secrets never reach a log line, even through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// One region: where its files live and how to reach them.
+#[derive(Debug, Clone)]
+pub struct RegionConfig {
+    /// Name used in the `/{region}/` path prefix.
+    pub name: String,
+    /// Public host names routed to this region (lower case, no port).
+    pub hosts: Vec<String>,
+    /// Upstream endpoint, `http://` or `https://`, no path.
+    pub endpoint: http::Uri,
+    /// Bucket name.
+    pub bucket: String,
+    /// SigV4 signing region.
+    pub signing_region: String,
+    /// Path or virtual-hosted addressing.
+    pub addressing: Addressing,
+    /// Prefix in front of every key (may need URI encoding).
+    pub key_prefix: String,
+    /// Storage provider (write policy).
+    pub provider: Provider,
+    /// Credentials.
+    pub credentials: StaticCredentials,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    cors: RawCors,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    regions: BTreeMap<String, RawRegion>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default)]
+    http: Vec<String>,
+    #[serde(default)]
+    https: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    certificates: Vec<RawCertificate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    server_names: Vec<String>,
+    #[serde(default)]
+    default: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCors {
+    allow_origin: Option<String>,
+    allow_methods: Option<String>,
+    max_age: Option<u64>,
+    allow_headers: Option<String>,
+    expose_headers: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    #[serde(default, with = "humantime_serde")]
+    connect: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    response_head: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pool_idle: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    hosts: Vec<String>,
+    endpoint: String,
+    bucket: String,
+    signing_region: String,
+    #[serde(default = "default_addressing")]
+    addressing: Addressing,
+    #[serde(default)]
+    key_prefix: String,
+    provider: Provider,
+    credentials: RawCredentials,
+}
+
+fn default_addressing() -> Addressing {
+    Addressing::VirtualHosted
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    session_token: Option<String>,
+    access_key_id_env: Option<String>,
+    secret_access_key_env: Option<String>,
+    session_token_env: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "-".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&file, &text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates config text; `env` looks up environment variables.
+    pub fn parse(
+        file: &str,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.into(),
+            key: toml_error_key(&e, text),
+            reason: e.message().to_string(),
+        })?;
+        Validator { file, env }.validate(raw)
+    }
+}
+
+/// Names the table and line the TOML parser stopped at (`regions.eu1 (line 9)`).
+fn toml_error_key(e: &toml::de::Error, text: &str) -> String {
+    let Some(span) = e.span() else {
+        return "-".into();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.lines().count().max(1);
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    match table {
+        Some(table) => format!("{table} (line {line})"),
+        None => format!("line {line}"),
+    }
+}
+
+struct Validator<'a> {
+    file: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.into(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let http_listeners = self.addrs("server.http", &raw.server.http)?;
+        let https_listeners = self.addrs("server.https", &raw.server.https)?;
+        if http_listeners.is_empty() && https_listeners.is_empty() {
+            return Err(self.err("server", "no listener: set server.http or server.https"));
+        }
+        let certificates = self.certificates(raw.tls)?;
+        if !https_listeners.is_empty() && certificates.is_empty() {
+            return Err(self.err(
+                "tls.certificates",
+                "server.https is set but no certificate is configured",
+            ));
+        }
+        let cors = self.cors(raw.cors)?;
+        let defaults = Timeouts::default();
+        let timeouts = Timeouts {
+            connect: raw.timeouts.connect.unwrap_or(defaults.connect),
+            response_head: raw.timeouts.response_head.unwrap_or(defaults.response_head),
+            pool_idle: raw.timeouts.pool_idle.unwrap_or(defaults.pool_idle),
+        };
+        for (key, value) in [
+            ("timeouts.connect", timeouts.connect),
+            ("timeouts.response_head", timeouts.response_head),
+        ] {
+            if value.is_zero() {
+                return Err(self.err(key, "must be greater than zero"));
+            }
+        }
+        if raw.regions.is_empty() {
+            return Err(self.err("regions", "at least one region is required"));
+        }
+        let mut regions = Vec::with_capacity(raw.regions.len());
+        for (name, region) in raw.regions {
+            regions.push(self.region(name, region)?);
+        }
+        self.unique_hosts(&regions)?;
+        Ok(Config {
+            http_listeners,
+            https_listeners,
+            certificates,
+            shutdown_grace: raw
+                .server
+                .shutdown_grace
+                .unwrap_or(Duration::from_secs(10)),
+            cors,
+            timeouts,
+            regions,
+        })
+    }
+
+    fn addrs(&self, key: &str, values: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.parse().map_err(|_| {
+                    self.err(
+                        format!("{key}[{i}]"),
+                        format!("`{v}` is not an IP:port address"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn certificates(&self, tls: RawTls) -> Result<Vec<CertificateConfig>, ConfigError> {
+        let mut out = Vec::with_capacity(tls.certificates.len());
+        for (i, c) in tls.certificates.into_iter().enumerate() {
+            let key = format!("tls.certificates[{i}]");
+            if c.server_names.is_empty() && !c.default {
+                return Err(self.err(
+                    format!("{key}.server_names"),
+                    "empty: give host names or set default = true",
+                ));
+            }
+            for (field, path) in [("cert", &c.cert), ("key", &c.key)] {
+                if !path.is_file() {
+                    return Err(self.err(
+                        format!("{key}.{field}"),
+                        format!("{} is not a readable file", path.display()),
+                    ));
+                }
+            }
+            out.push(CertificateConfig {
+                cert: c.cert,
+                key: c.key,
+                server_names: c
+                    .server_names
+                    .iter()
+                    .map(|s| s.to_ascii_lowercase())
+                    .collect(),
+                default: c.default,
+            });
+        }
+        if out.iter().filter(|c| c.default).count() > 1 {
+            return Err(self.err(
+                "tls.certificates",
+                "more than one certificate has default = true",
+            ));
+        }
+        Ok(out)
+    }
+
+    fn cors(&self, raw: RawCors) -> Result<CorsConfig, ConfigError> {
+        let d = CorsConfig::default();
+        let cors = CorsConfig {
+            allow_origin: raw.allow_origin.unwrap_or(d.allow_origin),
+            allow_methods: raw.allow_methods.unwrap_or(d.allow_methods),
+            max_age: raw.max_age.unwrap_or(d.max_age),
+            allow_headers: raw.allow_headers.unwrap_or(d.allow_headers),
+            expose_headers: raw.expose_headers.unwrap_or(d.expose_headers),
+        };
+        for (key, value) in [
+            ("cors.allow_origin", &cors.allow_origin),
+            ("cors.allow_methods", &cors.allow_methods),
+            ("cors.allow_headers", &cors.allow_headers),
+            ("cors.expose_headers", &cors.expose_headers),
+        ] {
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err(self.err(key, "not a valid header value"));
+            }
+        }
+        Ok(cors)
+    }
+
+    fn region(&self, name: String, raw: RawRegion) -> Result<RegionConfig, ConfigError> {
+        let key = |field: &str| format!("regions.{name}.{field}");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(self.err(
+                format!("regions.{name}"),
+                "region names use a-z, 0-9 and - only",
+            ));
+        }
+        let mut hosts = Vec::with_capacity(raw.hosts.len());
+        for (i, host) in raw.hosts.iter().enumerate() {
+            let host = host.to_ascii_lowercase();
+            if host.is_empty()
+                || host.contains(['/', ':', ' '])
+                || http::uri::Authority::try_from(host.as_str()).is_err()
+            {
+                return Err(self.err(
+                    format!("{}[{i}]", key("hosts")),
+                    format!("`{host}` is not a host name"),
+                ));
+            }
+            hosts.push(host);
+        }
+        let endpoint: http::Uri = raw.endpoint.parse().map_err(|_| {
+            self.err(
+                key("endpoint"),
+                format!("`{}` is not a URL", raw.endpoint),
+            )
+        })?;
+        let scheme_ok = matches!(endpoint.scheme_str(), Some("http" | "https"));
+        let path_ok = matches!(endpoint.path(), "" | "/") && endpoint.query().is_none();
+        if !scheme_ok || endpoint.host().is_none() || !path_ok {
+            return Err(self.err(
+                key("endpoint"),
+                "must be http:// or https:// host[:port] with no path",
+            ));
+        }
+        if !is_valid_bucket(&raw.bucket) {
+            return Err(self.err(
+                key("bucket"),
+                format!("`{}` is not a valid S3 bucket name", raw.bucket),
+            ));
+        }
+        if raw.signing_region.is_empty()
+            || !raw
+                .signing_region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(self.err(key("signing_region"), "must be a region name such as eu-central-1"));
+        }
+        if raw.addressing == Addressing::VirtualHosted && raw.bucket.contains('.') && endpoint.scheme_str() == Some("https") {
+            return Err(self.err(
+                key("addressing"),
+                "a bucket name with dots cannot be virtual-hosted over https: use addressing = \"path\"",
+            ));
+        }
+        let credentials = self.credentials(&name, raw.credentials)?;
+        Ok(RegionConfig {
+            name,
+            hosts,
+            endpoint,
+            bucket: raw.bucket,
+            signing_region: raw.signing_region,
+            addressing: raw.addressing,
+            key_prefix: raw.key_prefix,
+            provider: raw.provider,
+            credentials,
+        })
+    }
+
+    fn credentials(&self, region: &str, raw: RawCredentials) -> Result<StaticCredentials, ConfigError> {
+        let base = format!("regions.{region}.credentials");
+        let pick = |inline: Option<String>, env_name: Option<String>, field: &str, required: bool| {
+            match (inline, env_name) {
+                (Some(_), Some(_)) => Err(self.err(
+                    format!("{base}.{field}"),
+                    format!("set either {field} or {field}_env, not both"),
+                )),
+                (Some(v), None) if v.is_empty() => {
+                    Err(self.err(format!("{base}.{field}"), "is empty"))
+                }
+                (Some(v), None) => Ok(Some(v)),
+                (None, Some(var)) => match (self.env)(&var) {
+                    Some(v) if !v.is_empty() => Ok(Some(v)),
+                    _ => Err(self.err(
+                        format!("{base}.{field}_env"),
+                        format!("environment variable {var} is not set"),
+                    )),
+                },
+                (None, None) if required => Err(self.err(
+                    format!("{base}.{field}"),
+                    format!("missing: set {field} or {field}_env"),
+                )),
+                (None, None) => Ok(None),
+            }
+        };
+        let access_key_id = pick(raw.access_key_id, raw.access_key_id_env, "access_key_id", true)?;
+        let secret_access_key = pick(
+            raw.secret_access_key,
+            raw.secret_access_key_env,
+            "secret_access_key",
+            true,
+        )?;
+        let session_token = pick(raw.session_token, raw.session_token_env, "session_token", false)?;
+        match (access_key_id, secret_access_key) {
+            (Some(access_key_id), Some(secret_access_key)) => Ok(StaticCredentials {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            }),
+            _ => Err(self.err(base, "incomplete credentials")),
+        }
+    }
+
+    fn unique_hosts(&self, regions: &[RegionConfig]) -> Result<(), ConfigError> {
+        let mut seen = BTreeMap::new();
+        for region in regions {
+            for host in &region.hosts {
+                if let Some(other) = seen.insert(host.as_str(), region.name.as_str()) {
+                    return Err(self.err(
+                        format!("regions.{}.hosts", region.name),
+                        format!("`{host}` is already a host of region {other}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// S3 bucket naming rules: 3–63 of a-z, 0-9, `.`, `-`, starting and ending alphanumeric.
+fn is_valid_bucket(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (3..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+http = ["127.0.0.1:8080"]
+
+[regions.eu1]
+hosts = ["EU1-addpipe.s3.eu-central-1.amazonaws.com"]
+endpoint = "https://s3.eu-central-1.amazonaws.com"
+bucket = "eu1-addpipe"
+signing_region = "eu-central-1"
+provider = "aws"
+credentials = { access_key_id_env = "EU1_KEY", secret_access_key_env = "EU1_SECRET" }
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "EU1_KEY" => Some("AKIA".into()),
+            "EU1_SECRET" => Some("secret".into()),
+            _ => None,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse("test.toml", text, &env)
+    }
+
+    #[test]
+    fn good_config_parses() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.regions.len(), 1);
+        let r = &c.regions[0];
+        assert_eq!(r.hosts, ["eu1-addpipe.s3.eu-central-1.amazonaws.com"]);
+        assert_eq!(r.addressing, Addressing::VirtualHosted);
+        assert_eq!(r.credentials.access_key_id, "AKIA");
+        assert_eq!(c.cors.max_age, 3000);
+        assert!(!format!("{:?}", r.credentials).contains("secret"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (GOOD.replace("provider = \"aws\"", "provider = \"aws\"\ncolour = 1"), "regions.eu1"),
+            (GOOD.replace("https://s3", "ftp://s3"), "regions.eu1.endpoint"),
+            (GOOD.replace("eu1-addpipe\"", "EU1_addpipe\""), "regions.eu1.bucket"),
+            (GOOD.replace("EU1_SECRET", "MISSING"), "regions.eu1.credentials.secret_access_key_env"),
+            (GOOD.replace("127.0.0.1:8080", "localhost"), "server.http[0]"),
+            (GOOD.replace("[server]", "[server]\nshutdown_grace = \"soon\""), "server (line"),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(err.key.starts_with(key), "{key}: {err}");
+            assert_eq!(err.file, "test.toml");
+        }
+    }
+}

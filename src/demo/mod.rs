@@ -1,0 +1,167 @@
+//! `s3edge demo` and the integration tests' testbed: four SigV4-verifying S3 backends on
+//! loopback, one per region, holding a sample recording written with the storage policy.
+
+pub mod backend;
+
+use std::path::Path;
+
+use bytes::Bytes;
+use http::Method;
+use tokio::net::TcpListener;
+
+use crate::config::{Addressing, Provider, RegionConfig, StaticCredentials};
+use crate::error::GatewayError;
+use crate::policy;
+use crate::route::FileKind;
+use crate::service::Gateway;
+use backend::{BackendOptions, S3Backend};
+
+/// The account hash of the sample recording.
+pub const SAMPLE_ACCOUNT: &str = "3f9c2a7be41d4c0e8a5b6d7e9f0a1b2c";
+/// The name of the sample recording.
+pub const SAMPLE_NAME: &str = "demo-recording-7f3a";
+
+/// The four files of the sample recording, by kind.
+pub fn sample_file(kind: FileKind) -> Bytes {
+    Bytes::from_static(match kind {
+        FileKind::Processed => include_bytes!("sample/recording.mp4"),
+        FileKind::Snapshot => include_bytes!("sample/recording.jpg"),
+        FileKind::Filmstrip => include_bytes!("sample/recording_filmstrip.jpg"),
+        FileKind::Raw => include_bytes!("sample/recording_raw.mp4"),
+    })
+}
+
+/// One of the product's regions as the demo models it.
+#[derive(Debug, Clone, Copy)]
+pub struct RegionSpec {
+    /// Region name (path prefix).
+    pub name: &'static str,
+    /// Public LOCATION host.
+    pub host: &'static str,
+    /// Bucket.
+    pub bucket: &'static str,
+    /// Signing region.
+    pub signing_region: &'static str,
+    /// Provider.
+    pub provider: Provider,
+}
+
+/// The four regions of the product.
+pub const REGIONS: [RegionSpec; 4] = [
+    RegionSpec {
+        name: "eu1",
+        host: "eu1-addpipe.s3.eu-central-1.amazonaws.com",
+        bucket: "eu1-addpipe",
+        signing_region: "eu-central-1",
+        provider: Provider::Aws,
+    },
+    RegionSpec {
+        name: "eu2",
+        host: "eu2-addpipe.s3.nl-ams.scw.cloud",
+        bucket: "eu2-addpipe",
+        signing_region: "nl-ams",
+        provider: Provider::Scaleway,
+    },
+    RegionSpec {
+        name: "us1",
+        host: "us1-addpipe.s3-us-west-1.amazonaws.com",
+        bucket: "us1-addpipe",
+        signing_region: "us-west-1",
+        provider: Provider::Aws,
+    },
+    RegionSpec {
+        name: "us2",
+        host: "us2-addpipe.s3.us-east-1.amazonaws.com",
+        bucket: "us2-addpipe",
+        signing_region: "us-east-1",
+        provider: Provider::Aws,
+    },
+];
+
+/// Four running backends, one per region, each with its own credentials and region.
+#[derive(Debug)]
+pub struct Backends {
+    /// In [`REGIONS`] order.
+    pub backends: Vec<S3Backend>,
+    /// Region configs pointing at them (path-style, inline credentials), in the same order.
+    pub regions: Vec<RegionConfig>,
+}
+
+impl Backends {
+    /// Starts the four backends on `127.0.0.1:0`, storing data under `root`.
+    pub async fn start(root: &Path) -> std::io::Result<Backends> {
+        let mut backends = Vec::with_capacity(REGIONS.len());
+        let mut regions = Vec::with_capacity(REGIONS.len());
+        for spec in REGIONS {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let credentials = StaticCredentials {
+                access_key_id: format!("DEMO{}KEY", spec.name.to_uppercase()),
+                secret_access_key: format!("demo-{}-secret-{}", spec.name, random_suffix()),
+                session_token: None,
+            };
+            let backend = S3Backend::start(
+                listener,
+                BackendOptions {
+                    region: spec.signing_region.to_string(),
+                    access_key: credentials.access_key_id.clone(),
+                    secret_key: credentials.secret_access_key.clone(),
+                    provider: spec.provider,
+                    root: root.join(spec.name),
+                    redirect_to_region: None,
+                },
+            )?;
+            regions.push(RegionConfig {
+                name: spec.name.to_string(),
+                hosts: vec![spec.host.to_string()],
+                endpoint: backend
+                    .endpoint()
+                    .parse()
+                    .map_err(std::io::Error::other)?,
+                bucket: spec.bucket.to_string(),
+                signing_region: spec.signing_region.to_string(),
+                addressing: Addressing::Path,
+                key_prefix: String::new(),
+                provider: spec.provider,
+                credentials,
+            });
+            backends.push(backend);
+        }
+        Ok(Backends { backends, regions })
+    }
+}
+
+/// Creates each region's bucket (when missing) and writes the sample recording's four files
+/// through the gateway's signed write path, with the storage policy.
+pub async fn upload_sample(gateway: &Gateway, regions: &[RegionConfig]) -> Result<(), GatewayError> {
+    for region in regions {
+        let upstream = gateway
+            .upstream(&region.name)
+            .ok_or(GatewayError::Internal("region missing from gateway"))?;
+        let status = upstream.bucket_request(Method::PUT).await?;
+        if !(status.is_success() || status == http::StatusCode::CONFLICT) {
+            return Err(GatewayError::UpstreamStatus {
+                status,
+                code: "CreateBucket".into(),
+            });
+        }
+        for kind in FileKind::ALL {
+            let key = format!("{SAMPLE_ACCOUNT}/{SAMPLE_NAME}{}", kind.suffix());
+            upstream
+                .put_object(&key, sample_file(kind), policy::write_headers(region.provider, kind))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A per-run secret so demo credentials are not guessable from the source.
+fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}", hasher.finish())
+}

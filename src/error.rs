@@ -1,0 +1,88 @@
+//! One error type for the request path: each variant knows its status and short public body;
+//! the detail (never a credential) goes to the log, never to the client.
+
+use http::StatusCode;
+
+/// Everything that can end a request without a backend answer passed through.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The method is not GET, HEAD or OPTIONS.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The URL names no file this gateway serves, or the backend has no such object.
+    #[error("not found")]
+    NotFound,
+    /// The path is malformed (encoded bytes, dot or empty segments, bad characters).
+    #[error("bad path: {0}")]
+    BadPath(&'static str),
+    /// A CORS preflight asked for a method or header we do not allow.
+    #[error("preflight refused: {0}")]
+    PreflightRefused(&'static str),
+    /// The backend answered a status we do not pass through (403, 5xx, 400, ...).
+    #[error("backend answered {status} ({code})")]
+    UpstreamStatus {
+        /// The backend's status.
+        status: StatusCode,
+        /// The S3 error code when the backend sent one, for the log only.
+        code: String,
+    },
+    /// The bucket lives in another region: a configuration error on our side.
+    #[error("bucket {bucket} is in region {actual}, not where the config points")]
+    WrongRegion {
+        /// The configured bucket.
+        bucket: String,
+        /// The region the backend named in `x-amz-bucket-region`.
+        actual: String,
+    },
+    /// The backend did not answer in time.
+    #[error("backend timed out ({0})")]
+    UpstreamTimeout(&'static str),
+    /// The backend could not be reached or the connection failed.
+    #[error("backend unreachable: {0}")]
+    UpstreamConnect(#[source] hyper_util::client::legacy::Error),
+    /// The request could not be signed.
+    #[error("signing failed: {0}")]
+    Signing(String),
+    /// A bug or an impossible state; never caused by input.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl GatewayError {
+    /// The status the client sees.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::BadPath(_) => StatusCode::BAD_REQUEST,
+            GatewayError::PreflightRefused(_) => StatusCode::FORBIDDEN,
+            GatewayError::UpstreamStatus { .. }
+            | GatewayError::WrongRegion { .. }
+            | GatewayError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Signing(_) | GatewayError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    /// The short body the client sees: fixed text, never backend detail.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            GatewayError::MethodNotAllowed => "method not allowed\n",
+            GatewayError::NotFound => "not found\n",
+            GatewayError::BadPath(_) => "bad request\n",
+            GatewayError::PreflightRefused(_) => "cors preflight refused\n",
+            GatewayError::UpstreamStatus { .. }
+            | GatewayError::WrongRegion { .. }
+            | GatewayError::UpstreamConnect(_) => "bad gateway\n",
+            GatewayError::UpstreamTimeout(_) => "gateway timeout\n",
+            GatewayError::Signing(_) | GatewayError::Internal(_) => "internal error\n",
+        }
+    }
+
+    /// Whether operators need to hear about it (server-side faults), as opposed to client noise.
+    pub fn is_server_fault(&self) -> bool {
+        self.status().is_server_error()
+    }
+}

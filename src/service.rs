@@ -1,0 +1,286 @@
+//! One request through the phases, top to bottom:
+//! method → route → conditional translation → signed upstream fetch → response headers → CORS.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{
+    ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_ENCODING, CONTENT_LANGUAGE,
+    CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, EXPIRES, HOST, IF_MATCH, IF_RANGE,
+    IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE,
+};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::{AccessLog, ResponseBody};
+use crate::config::Config;
+use crate::cors::{self, Cors};
+use crate::error::GatewayError;
+use crate::route::{ObjectRef, Router};
+use crate::upstream::{self, Upstream};
+
+/// Backend response headers the client gets; everything else (`x-amz-*`, `Server`) is dropped.
+const PASSED_RESPONSE_HEADERS: [HeaderName; 9] = [
+    CONTENT_LENGTH,
+    CONTENT_RANGE,
+    ETAG,
+    LAST_MODIFIED,
+    CACHE_CONTROL,
+    EXPIRES,
+    CONTENT_ENCODING,
+    CONTENT_DISPOSITION,
+    CONTENT_LANGUAGE,
+];
+
+const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
+
+/// The gateway: cheap to clone, shared by every connection.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Host and path → object.
+    router: Router,
+    /// One backend per region, indexed like the router's regions.
+    upstreams: Vec<Upstream>,
+    /// Region names, for the access log.
+    region_names: Vec<String>,
+    /// CORS header values.
+    cors: Cors,
+}
+
+/// What the request asked for, read once from the client's headers.
+struct Conditional {
+    /// Headers sent upstream.
+    forward: HeaderMap,
+    /// We turned `If-Range` into a precondition: on 412, refetch the whole object.
+    if_range_translated: bool,
+}
+
+impl Gateway {
+    /// Builds the per-region clients and the router from a validated config.
+    pub fn new(config: &Config) -> Result<Self, GatewayError> {
+        let router = Router::new(
+            config
+                .regions
+                .iter()
+                .map(|r| (r.name.as_str(), r.hosts.as_slice())),
+        );
+        let upstreams = config
+            .regions
+            .iter()
+            .map(|r| Upstream::new(r, config.timeouts))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cors =
+            Cors::new(&config.cors).map_err(|_| GatewayError::Internal("invalid cors header"))?;
+        Ok(Gateway {
+            inner: Arc::new(Inner {
+                router,
+                upstreams,
+                region_names: config.regions.iter().map(|r| r.name.clone()).collect(),
+                cors,
+            }),
+        })
+    }
+
+    /// The upstream of a region, by name (write path and tests).
+    pub fn upstream(&self, region: &str) -> Option<&Upstream> {
+        let index = self.inner.region_names.iter().position(|n| n == region)?;
+        self.inner.upstreams.get(index)
+    }
+
+    /// Answers one request; never fails, errors become short responses.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        let start = Instant::now();
+        let has_origin = cors::has_origin(request.headers());
+        let mut log = AccessLog {
+            method: request.method().clone(),
+            host: request_host(&request).unwrap_or("-").to_string(),
+            path: request.uri().path().to_string(),
+            region: None,
+            status: 0,
+            upstream_status: None,
+            bytes: 0,
+            start,
+            complete: false,
+            failure: None,
+        };
+        let mut response = match self.handle_inner(&request, &mut log).await {
+            Ok(response) => response,
+            Err(error) => {
+                if error.is_server_fault() {
+                    tracing::warn!(host = %log.host, path = %log.path, %error, "request failed");
+                } else {
+                    tracing::debug!(host = %log.host, path = %log.path, %error, "request refused");
+                }
+                error_response(&error)
+            }
+        };
+        self.inner.cors.apply(has_origin, response.headers_mut());
+        log.status = response.status().as_u16();
+        response.map(|body| body.with_log(log))
+    }
+
+    async fn handle_inner(
+        &self,
+        request: &Request<Incoming>,
+        log: &mut AccessLog,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let method = request.method();
+        if method == Method::OPTIONS {
+            return self.options(request.headers());
+        }
+        if method != Method::GET && method != Method::HEAD {
+            return Err(GatewayError::MethodNotAllowed);
+        }
+        let object = self
+            .inner
+            .router
+            .resolve(request_host(request), request.uri().path())?;
+        log.region = self.inner.region_names.get(object.region).cloned();
+        let upstream = self
+            .inner
+            .upstreams
+            .get(object.region)
+            .ok_or(GatewayError::Internal("route to unknown region"))?;
+        let conditional = Conditional::from_request(request.headers());
+        let mut response = upstream
+            .fetch(method.clone(), &object.key, conditional.forward.clone())
+            .await?;
+        if response.status() == StatusCode::PRECONDITION_FAILED && conditional.if_range_translated
+        {
+            // If-Range did not match: the client gets the whole, current object (RFC 9110 §13.1.5).
+            let mut forward = conditional.forward;
+            forward.remove(RANGE);
+            forward.remove(IF_MATCH);
+            forward.remove(IF_UNMODIFIED_SINCE);
+            response = upstream.fetch(method.clone(), &object.key, forward).await?;
+        }
+        log.upstream_status = Some(response.status().as_u16());
+        relay(method, &object, response).await
+    }
+
+    fn options(&self, headers: &HeaderMap) -> Result<Response<ResponseBody>, GatewayError> {
+        let mut response = Response::new(ResponseBody::empty());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        if headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD) {
+            *response.headers_mut() = self.inner.cors.preflight(headers)?;
+        }
+        response.headers_mut().insert(ALLOW, ALLOWED_METHODS);
+        Ok(response)
+    }
+}
+
+impl Conditional {
+    /// Picks the forwardable headers and rewrites `If-Range` into a precondition the backend
+    /// evaluates reliably: a strong ETag becomes `If-Match`, a date `If-Unmodified-Since`.
+    fn from_request(client: &HeaderMap) -> Self {
+        let mut forward = upstream::forwardable_headers(client);
+        let mut if_range_translated = false;
+        if let Some(if_range) = forward.remove(IF_RANGE)
+            && forward.contains_key(RANGE)
+        {
+            let bytes = if_range.as_bytes();
+            if bytes.starts_with(b"W/") {
+                // A weak validator never matches If-Range: send the whole object.
+                forward.remove(RANGE);
+            } else if !forward.contains_key(IF_MATCH) && !forward.contains_key(IF_UNMODIFIED_SINCE) {
+                let name = if bytes.starts_with(b"\"") { IF_MATCH } else { IF_UNMODIFIED_SINCE };
+                forward.insert(name, if_range);
+                if_range_translated = true;
+            }
+        }
+        Conditional {
+            forward,
+            if_range_translated,
+        }
+    }
+}
+
+/// Maps the backend's answer to the client's: statuses players rely on pass through with
+/// the file's headers; everything else becomes our own short error.
+async fn relay(
+    method: &Method,
+    object: &ObjectRef,
+    response: Response<Incoming>,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let status = response.status();
+    match status {
+        StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED => {}
+        StatusCode::PRECONDITION_FAILED => return Ok(short_response(status, "precondition failed\n")),
+        StatusCode::RANGE_NOT_SATISFIABLE => {
+            let mut reply = short_response(status, "range not satisfiable\n");
+            if let Some(range) = response.headers().get(CONTENT_RANGE) {
+                reply.headers_mut().insert(CONTENT_RANGE, range.clone());
+            }
+            return Ok(reply);
+        }
+        StatusCode::NOT_FOUND => {
+            return match upstream::upstream_status_error(response).await {
+                GatewayError::UpstreamStatus { code, .. } if code == "NoSuchBucket" => {
+                    tracing::error!(key = %object, "misconfiguration: the bucket does not exist");
+                    Err(GatewayError::UpstreamStatus {
+                        status,
+                        code,
+                    })
+                }
+                _ => Err(GatewayError::NotFound),
+            };
+        }
+        _ => return Err(upstream::upstream_status_error(response).await),
+    }
+    let (parts, body) = response.into_parts();
+    let mut headers = HeaderMap::with_capacity(12);
+    for name in PASSED_RESPONSE_HEADERS {
+        if status == StatusCode::NOT_MODIFIED && name == CONTENT_LENGTH {
+            continue;
+        }
+        if let Some(value) = parts.headers.get(&name) {
+            headers.insert(name, value.clone());
+        }
+    }
+    let content_type = match parts.headers.get(CONTENT_TYPE) {
+        Some(v) if v.as_bytes() != b"application/octet-stream" && v.as_bytes() != b"binary/octet-stream" => v.clone(),
+        _ => HeaderValue::from_static(object.kind.content_type()),
+    };
+    headers.insert(CONTENT_TYPE, content_type);
+    headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let body = if method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
+        ResponseBody::empty()
+    } else {
+        ResponseBody::upstream(body)
+    };
+    let mut reply = Response::new(body);
+    *reply.status_mut() = status;
+    *reply.headers_mut() = headers;
+    Ok(reply)
+}
+
+/// The Host the client addressed: the URI authority (HTTP/2, absolute-form) or `Host`.
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .uri()
+        .host()
+        .or_else(|| request.headers().get(HOST)?.to_str().ok())
+}
+
+fn short_response(status: StatusCode, message: &'static str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(message));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// The client's view of an error: status and a fixed short text.
+fn error_response(error: &GatewayError) -> Response<ResponseBody> {
+    let mut response = short_response(error.status(), error.public_message());
+    if matches!(error, GatewayError::MethodNotAllowed) {
+        response.headers_mut().insert(ALLOW, ALLOWED_METHODS);
+    }
+    response
+}
