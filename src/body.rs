@@ -78,6 +78,12 @@ impl Body for ResponseBody {
                     if let Some(data) = frame.data_ref() {
                         log.bytes += data.len() as u64;
                     }
+                    // hyper stops polling once the known length is reached.
+                    log.complete = match &this.kind {
+                        Kind::Empty => true,
+                        Kind::Full(bytes) => bytes.is_none(),
+                        Kind::Upstream(body) => body.is_end_stream(),
+                    };
                 }
                 Poll::Ready(Some(Err(e))) => log.failure = Some(e.to_string()),
                 Poll::Ready(None) => log.complete = true,

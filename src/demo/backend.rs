@@ -187,7 +187,10 @@ async fn accept_loop(
             let svc = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 stats.record(&request);
                 let service = service.clone();
-                async move { service.call(request.map(s3s::Body::from)).await }
+                async move {
+                    let response = service.call(request.map(s3s::Body::from)).await?;
+                    Ok::<_, s3s::HttpError>(apply_status_override(response))
+                }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
@@ -196,6 +199,37 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// s3s serialises HEAD as 200 whatever the handler says, and cannot express 304: handlers
+/// name the status they mean in this header and the HTTP layer applies it.
+const STATUS_OVERRIDE: &str = "x-s3edge-backend-status";
+
+fn with_status<T>(output: T, status: http::StatusCode) -> S3Response<T> {
+    let mut response = S3Response::new(output);
+    response
+        .headers
+        .insert(STATUS_OVERRIDE, http::HeaderValue::from(status.as_u16()));
+    response
+}
+
+fn apply_status_override(mut response: http::Response<s3s::Body>) -> http::Response<s3s::Body> {
+    let Some(value) = response.headers_mut().remove(STATUS_OVERRIDE) else {
+        return response;
+    };
+    let status = value
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|code| http::StatusCode::from_u16(code).ok());
+    if let Some(status) = status {
+        *response.status_mut() = status;
+        if status == http::StatusCode::NOT_MODIFIED {
+            response.headers_mut().remove(http::header::CONTENT_LENGTH);
+            *response.body_mut() = s3s::Body::empty();
+        }
+    }
+    response
 }
 
 #[derive(Debug, Default)]
@@ -425,7 +459,7 @@ impl S3 for PolicyFs {
                     last_modified: output.last_modified,
                     ..Default::default()
                 };
-                return Ok(S3Response::with_status(output, http::StatusCode::NOT_MODIFIED));
+                return Ok(with_status(output, http::StatusCode::NOT_MODIFIED));
             }
         }
         (output.storage_class, output.server_side_encryption) = self.decorate(&req.input.bucket, &req.input.key);
@@ -435,7 +469,7 @@ impl S3 for PolicyFs {
             let span = range.check(full)?;
             output.content_length = i64::try_from(span.end - span.start).ok();
             output.content_range = Some(format!("bytes {}-{}/{full}", span.start, span.end - 1));
-            return Ok(S3Response::with_status(output, http::StatusCode::PARTIAL_CONTENT));
+            return Ok(with_status(output, http::StatusCode::PARTIAL_CONTENT));
         }
         Ok(S3Response::new(output))
     }
@@ -464,7 +498,7 @@ impl S3 for PolicyFs {
                         last_modified: head.last_modified,
                         ..Default::default()
                     };
-                    return Ok(S3Response::with_status(output, http::StatusCode::NOT_MODIFIED));
+                    return Ok(with_status(output, http::StatusCode::NOT_MODIFIED));
                 }
             }
         }
@@ -479,7 +513,9 @@ impl S3 for PolicyFs {
         response.output.accept_ranges = Some("bytes".into());
         if has_range {
             // AWS answers 206 to every satisfiable Range, including `bytes=0-`.
-            response.status = Some(http::StatusCode::PARTIAL_CONTENT);
+            response
+                .headers
+                .insert(STATUS_OVERRIDE, http::HeaderValue::from_static("206"));
         }
         Ok(response)
     }

@@ -1,0 +1,173 @@
+//! Test harness: four real, SigV4-verifying S3 backends and the gateway, all on
+//! `127.0.0.1:0`, reached through a real hyper client. Every await has a timeout.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use s3edge::config::{Config, CorsConfig, Timeouts};
+use s3edge::demo::{self, Backends};
+use s3edge::route::FileKind;
+use s3edge::server::Listener;
+use s3edge::service::Gateway;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Upper bound on any single step of a test.
+pub const STEP: Duration = Duration::from_secs(20);
+
+/// Awaits `f`, failing the test instead of hanging.
+pub async fn within<T>(f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(STEP, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("step took longer than {STEP:?}"),
+    }
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// The sample recording's key for a kind.
+pub fn sample_key(kind: FileKind) -> String {
+    format!("{}/{}{}", demo::SAMPLE_ACCOUNT, demo::SAMPLE_NAME, kind.suffix())
+}
+
+/// Path form of the sample recording's file in a region.
+pub fn sample_path(region: &str, kind: FileKind) -> String {
+    format!("/{region}/{}", sample_key(kind))
+}
+
+/// Four backends and a gateway in front of them.
+pub struct Harness {
+    pub backends: Backends,
+    pub config: Config,
+    pub addr: SocketAddr,
+    pub client: Client<HttpConnector, Empty<Bytes>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+/// A config for the demo regions with one plain listener.
+pub fn config_for(backends: &Backends) -> Config {
+    Config {
+        http_listeners: vec!["127.0.0.1:0".parse().unwrap()],
+        https_listeners: Vec::new(),
+        certificates: Vec::new(),
+        shutdown_grace: Duration::from_secs(5),
+        cors: CorsConfig::default(),
+        timeouts: Timeouts::default(),
+        regions: backends.regions.clone(),
+    }
+}
+
+impl Harness {
+    /// Backends with the sample recording, and the gateway with the default test config.
+    pub async fn start() -> Harness {
+        Harness::start_with(|_| {}).await
+    }
+
+    /// Like [`Harness::start`], with the config adjusted before the gateway starts.
+    /// The sample is uploaded with the unmodified config.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let backends = within(Backends::start(dir.path())).await.unwrap();
+        let uploader = config_for(&backends);
+        let gateway = Gateway::new(&uploader).unwrap();
+        within(demo::upload_sample(&gateway, &uploader.regions))
+            .await
+            .unwrap();
+        let mut config = uploader;
+        adjust(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let run_config = config.clone();
+        let task = tokio::spawn(async move {
+            let listeners = vec![Listener {
+                tcp: listener,
+                tls: None,
+            }];
+            s3edge::run(&run_config, listeners, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Harness {
+            backends,
+            config,
+            addr,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// Requests seen by all backends together.
+    pub fn upstream_requests(&self) -> u64 {
+        self.backends.backends.iter().map(|b| b.stats.requests()).sum()
+    }
+
+    /// Sends a request to the gateway and reads the whole answer.
+    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(Empty::new()).unwrap();
+        let response = within(self.client.request(request)).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = within(body.collect()).await.unwrap().to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// GET with headers.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(Method::GET, path, headers).await
+    }
+
+    /// Stops the gateway and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            within(task).await.unwrap();
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
