@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use s3s::dto::{
     ETag, ETagCondition, GetObjectInput, GetObjectOutput, HeadObjectInput, HeadObjectOutput,
-    PutObjectInput, PutObjectOutput, ServerSideEncryption, StorageClass, Timestamp,
+    PutObjectInput, PutObjectOutput, Range, ServerSideEncryption, StorageClass, Timestamp,
 };
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use tokio::net::TcpListener;
@@ -487,8 +487,14 @@ impl S3 for PolicyFs {
             || conditions.if_none_match.is_some()
             || conditions.if_modified_since.is_some()
             || conditions.if_unmodified_since.is_some();
-        if any {
+        let suffix = matches!(input.range, Some(Range::Suffix { .. }));
+        let mut clamp_suffix = false;
+        if any || suffix {
             let head = self.head(&input.bucket, &input.key).await?;
+            // A suffix longer than the object means the whole object; s3s-fs seeks before 0.
+            if let Some(Range::Suffix { length }) = input.range {
+                clamp_suffix = head.content_length.is_some_and(|len| u64::try_from(len).is_ok_and(|len| length > len));
+            }
             match conditions.evaluate(head.e_tag.as_ref(), head.last_modified.as_ref()) {
                 Precondition::Proceed => {}
                 Precondition::Failed => return Err(s3_error!(PreconditionFailed)),
@@ -501,6 +507,9 @@ impl S3 for PolicyFs {
                     return Ok(with_status(output, http::StatusCode::NOT_MODIFIED));
                 }
             }
+        }
+        if clamp_suffix {
+            input.range = Some(Range::Int { first: 0, last: None });
         }
         input.if_match = None;
         input.if_none_match = None;
