@@ -167,6 +167,8 @@ pub struct RegionConfig {
     pub key_prefix: String,
     /// Storage provider (write policy).
     pub provider: Provider,
+    /// Connect to this address instead of resolving the endpoint's host.
+    pub connect_to: Option<std::net::IpAddr>,
     /// Credentials.
     pub credentials: StaticCredentials,
 }
@@ -248,6 +250,7 @@ struct RawRegion {
     #[serde(default)]
     key_prefix: String,
     provider: Provider,
+    connect_to: Option<String>,
     credentials: RawCredentials,
 }
 
@@ -511,6 +514,12 @@ impl Validator<'_> {
                 "a bucket name with dots cannot be virtual-hosted over https: use addressing = \"path\"",
             ));
         }
+        let connect_to = match raw.connect_to {
+            None => None,
+            Some(ip) => Some(ip.parse().map_err(|_| {
+                self.err(key("connect_to"), format!("`{ip}` is not an IP address"))
+            })?),
+        };
         let credentials = self.credentials(&name, raw.credentials)?;
         Ok(RegionConfig {
             name,
@@ -521,6 +530,7 @@ impl Validator<'_> {
             addressing: raw.addressing,
             key_prefix: raw.key_prefix,
             provider: raw.provider,
+            connect_to,
             credentials,
         })
     }

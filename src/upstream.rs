@@ -19,6 +19,10 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::{Addressing, RegionConfig, Timeouts};
@@ -34,7 +38,7 @@ pub const FORWARDED_REQUEST_HEADERS: [HeaderName; 6] = [
     http::header::IF_UNMODIFIED_SINCE,
 ];
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
 
 /// One region's backend: where its bucket is and how to sign for it.
 #[derive(Debug)]
@@ -91,7 +95,7 @@ impl Upstream {
             name: region.name.clone(),
             bucket: region.bucket.clone(),
             addressing: region.addressing,
-            client: build_client(timeouts)?,
+            client: build_client(timeouts, region.connect_to)?,
             base,
             path_prefix,
             signing_region: region.signing_region.clone(),
@@ -142,14 +146,22 @@ impl Upstream {
         Err(upstream_status_error(response).await)
     }
 
-    /// Sends a signed request to the bucket itself (for example `PUT` to create it).
-    pub async fn bucket_request(&self, method: Method) -> Result<StatusCode, GatewayError> {
+    /// Creates the bucket unless it already exists and is ours (demo and test set-up).
+    pub async fn ensure_bucket(&self) -> Result<(), GatewayError> {
         let url = match self.addressing {
             Addressing::Path => format!("{}/{}", self.base, encode_key(&self.bucket)),
             Addressing::VirtualHosted => format!("{}/", self.base),
         };
-        let request = self.signed(method, &url, HeaderMap::new(), Bytes::new())?;
-        Ok(self.send(request).await?.status())
+        let head = self.signed(Method::HEAD, &url, HeaderMap::new(), Bytes::new())?;
+        if self.send(head).await?.status().is_success() {
+            return Ok(());
+        }
+        let create = self.signed(Method::PUT, &url, HeaderMap::new(), Bytes::new())?;
+        let response = self.send(create).await?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        Err(upstream_status_error(response).await)
     }
 
     fn signed(
@@ -278,8 +290,11 @@ fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-fn build_client(timeouts: Timeouts) -> Result<HttpsClient, GatewayError> {
-    let mut http = HttpConnector::new();
+fn build_client(
+    timeouts: Timeouts,
+    connect_to: Option<std::net::IpAddr>,
+) -> Result<HttpsClient, GatewayError> {
+    let mut http = HttpConnector::new_with_resolver(Resolver { connect_to });
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(timeouts.connect));
@@ -302,6 +317,32 @@ fn build_client(timeouts: Timeouts) -> Result<HttpsClient, GatewayError> {
         .pool_idle_timeout(timeouts.pool_idle)
         .pool_max_idle_per_host(256)
         .build(https))
+}
+
+/// Name resolution for the upstream: the system resolver, or a fixed address when the
+/// region sets `connect_to` (private endpoints, tests); Host, SNI and signature are unchanged.
+#[derive(Debug, Clone)]
+struct Resolver {
+    connect_to: Option<std::net::IpAddr>,
+}
+
+impl tower_service::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        if let Some(ip) = self.connect_to {
+            return Box::pin(std::future::ready(Ok(vec![std::net::SocketAddr::new(ip, 0)].into_iter())));
+        }
+        let mut system = GaiResolver::new();
+        let resolving = system.call(name);
+        Box::pin(async move { Ok(resolving.await?.collect::<Vec<_>>().into_iter()) })
+    }
 }
 
 /// S3 URI encoding of a key: every byte but `A-Z a-z 0-9 - _ . ~` and `/` is percent-encoded.

@@ -40,6 +40,9 @@ pub struct BackendOptions {
     /// When set, every request is answered `301 PermanentRedirect` naming this region,
     /// as AWS does when a bucket is addressed through another region's endpoint.
     pub redirect_to_region: Option<String>,
+    /// When set, `{bucket}.{domain}` Host headers (domain with its port) are read as
+    /// virtual-hosted-style requests.
+    pub virtual_host_domain: Option<String>,
 }
 
 /// One request as the backend received it.
@@ -128,6 +131,10 @@ impl S3Backend {
             options.access_key.clone(),
             options.secret_key.clone(),
         ));
+        if let Some(domain) = &options.virtual_host_domain {
+            let host = s3s::host::MultiDomain::new([domain.as_str()]).map_err(|e| std::io::Error::other(e.to_string()))?;
+            builder.set_host(host);
+        }
         let service = builder.build();
         let stats = Arc::new(BackendStats::default());
         let (stop, stop_rx) = watch::channel(false);

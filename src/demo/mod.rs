@@ -6,7 +6,6 @@ pub mod backend;
 use std::path::Path;
 
 use bytes::Bytes;
-use http::Method;
 use tokio::net::TcpListener;
 
 use crate::config::{Addressing, Provider, RegionConfig, StaticCredentials};
@@ -108,6 +107,7 @@ impl Backends {
                     provider: spec.provider,
                     root: root.join(spec.name),
                     redirect_to_region: None,
+                    virtual_host_domain: None,
                 },
             )?;
             regions.push(RegionConfig {
@@ -122,6 +122,7 @@ impl Backends {
                 addressing: Addressing::Path,
                 key_prefix: String::new(),
                 provider: spec.provider,
+                connect_to: None,
                 credentials,
             });
             backends.push(backend);
@@ -137,13 +138,7 @@ pub async fn upload_sample(gateway: &Gateway, regions: &[RegionConfig]) -> Resul
         let upstream = gateway
             .upstream(&region.name)
             .ok_or(GatewayError::Internal("region missing from gateway"))?;
-        let status = upstream.bucket_request(Method::PUT).await?;
-        if !(status.is_success() || status == http::StatusCode::CONFLICT) {
-            return Err(GatewayError::UpstreamStatus {
-                status,
-                code: "CreateBucket".into(),
-            });
-        }
+        upstream.ensure_bucket().await?;
         for kind in FileKind::ALL {
             let key = format!("{SAMPLE_ACCOUNT}/{SAMPLE_NAME}{}", kind.suffix());
             upstream
