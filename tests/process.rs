@@ -1,0 +1,267 @@
+//! The `s3edge` binary as operators run it: `check-config`, `serve` with a TOML file,
+//! a 50 MB stream with bounded memory under a slow client, and graceful shutdown on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Harness, within};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use s3edge::config::{Config, RegionConfig};
+use s3edge::service::Gateway;
+
+const BIN: &str = env!("CARGO_BIN_EXE_s3edge");
+
+fn region_toml(r: &RegionConfig) -> String {
+    format!(
+        r#"
+[regions.{name}]
+hosts = [{hosts}]
+endpoint = "{endpoint}"
+bucket = "{bucket}"
+signing_region = "{signing}"
+addressing = "path"
+provider = "{provider}"
+credentials = {{ access_key_id = "{ak}", secret_access_key = "{sk}" }}
+"#,
+        name = r.name,
+        hosts = r.hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", "),
+        endpoint = r.endpoint.to_string().trim_end_matches('/'),
+        bucket = r.bucket,
+        signing = r.signing_region,
+        provider = match r.provider {
+            s3edge::config::Provider::Aws => "aws",
+            s3edge::config::Provider::Scaleway => "scaleway",
+        },
+        ak = r.credentials.access_key_id,
+        sk = r.credentials.secret_access_key,
+    )
+}
+
+fn write_config(dir: &Path, config: &Config, grace: &str) -> std::path::PathBuf {
+    let mut text = format!(
+        "[server]\nhttp = [\"127.0.0.1:0\"]\nshutdown_grace = \"{grace}\"\n"
+    );
+    for region in &config.regions {
+        text.push_str(&region_toml(region));
+    }
+    let path = dir.join("s3edge.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts `s3edge serve` and reads its listening address from the JSON log.
+fn spawn_gateway(config: &Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("\"listening\"")
+                && let Some(start) = line.find("\"addr\":\"")
+            {
+                let rest = &line[start + 8..];
+                let addr = rest[..rest.find('"').unwrap()].to_string();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("gateway did not report its address");
+    (child, addr.parse().unwrap())
+}
+
+/// Resident set size and its peak, in KiB, from /proc.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+async fn start_download(
+    addr: SocketAddr,
+    path: &str,
+) -> hyper::Response<hyper::body::Incoming> {
+    let stream = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = Request::get(path)
+        .header("host", "edge.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    within(sender.send_request(request)).await.unwrap()
+}
+
+async fn put_large_object(h: &Harness, size: usize) -> (String, Bytes) {
+    let body: Bytes = (0..size).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>().into();
+    let key = format!("{}/large-recording_raw.mp4", s3edge::demo::SAMPLE_ACCOUNT);
+    let gateway = Gateway::new(&h.config).unwrap();
+    let upstream = gateway.upstream("eu1").unwrap();
+    within(upstream.put_object(&key, body.clone(), http::HeaderMap::new()))
+        .await
+        .unwrap();
+    (format!("/eu1/{key}"), body)
+}
+
+#[test]
+fn check_config_names_the_wrong_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        r#"
+[server]
+http = ["127.0.0.1:8080"]
+[regions.eu1]
+hosts = ["eu1-addpipe.s3.eu-central-1.amazonaws.com"]
+endpoint = "https://s3.eu-central-1.amazonaws.com"
+bucket = "eu1-addpipe"
+signing_region = "eu-central-1"
+provider = "aws"
+credentials = { access_key_id = "AKIA", secret_access_key = "s" }
+"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&good).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 regions"));
+
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&good).unwrap();
+    std::fs::write(&bad, text.replace("https://s3.eu", "s3.eu")).unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml: regions.eu1.endpoint"), "{err}");
+
+    std::fs::write(&bad, text.replace("provider", "provder")).unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&bad).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("regions.eu1") && err.contains("provder"), "{err}");
+
+    // The committed example config is valid.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/s3edge.toml");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&example)
+        .env("S3EDGE_EU1_ACCESS_KEY_ID", "a")
+        .env("S3EDGE_EU1_SECRET_ACCESS_KEY", "b")
+        .env("S3EDGE_EU2_ACCESS_KEY_ID", "a")
+        .env("S3EDGE_EU2_SECRET_ACCESS_KEY", "b")
+        .env("S3EDGE_US1_ACCESS_KEY_ID", "a")
+        .env("S3EDGE_US1_SECRET_ACCESS_KEY", "b")
+        .env("S3EDGE_US2_ACCESS_KEY_ID", "a")
+        .env("S3EDGE_US2_SECRET_ACCESS_KEY", "b")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn fifty_megabytes_stream_with_bounded_memory_under_a_slow_client() {
+    let h = Harness::start().await;
+    let (path, body) = put_large_object(&h, 50 * 1024 * 1024).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_gateway(&write_config(dir.path(), &h.config, "5s"));
+    let pid = child.id();
+    let (baseline, _) = memory_kib(pid);
+
+    let response = start_download(addr, &path).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-length"], body.len().to_string().as_str());
+    let mut stream = response.into_body();
+    let mut received = Vec::with_capacity(body.len());
+    let mut paused = false;
+    while let Some(frame) = within(stream.frame()).await {
+        if let Some(data) = frame.unwrap().data_ref() {
+            received.extend_from_slice(data);
+        }
+        if !paused && received.len() > 1024 * 1024 {
+            // A stalled player: the gateway must stop reading upstream, not buffer 50 MB.
+            paused = true;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let (rss, _) = memory_kib(pid);
+            assert!(
+                rss < baseline + 16 * 1024,
+                "gateway RSS grew from {baseline} KiB to {rss} KiB while the client stalled"
+            );
+        }
+    }
+    assert!(received == body, "bytes differ");
+    let (_, peak) = memory_kib(pid);
+    eprintln!("gateway RSS: baseline {baseline} KiB, peak {peak} KiB over a 50 MiB stream");
+    assert!(
+        peak < baseline + 24 * 1024,
+        "peak RSS {peak} KiB for a 50 MB stream (baseline {baseline} KiB)"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_downloads_and_refuses_new_ones() {
+    let h = Harness::start().await;
+    let (path, body) = put_large_object(&h, 8 * 1024 * 1024).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_gateway(&write_config(dir.path(), &h.config, "10s"));
+
+    let response = start_download(addr, &path).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = response.into_body();
+    let mut received = Vec::with_capacity(body.len());
+    let first = within(stream.frame()).await.unwrap().unwrap();
+    received.extend_from_slice(first.data_ref().unwrap());
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // New connections are refused once the listener is closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The in-flight download still completes, slowly.
+    while let Some(frame) = within(stream.frame()).await {
+        if let Some(data) = frame.unwrap().data_ref() {
+            received.extend_from_slice(data);
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+    assert_eq!(received.len(), body.len());
+    assert!(received == body);
+    let status = within(tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}
