@@ -143,7 +143,10 @@ impl fmt::Debug for StaticCredentials {
         f.debug_struct("StaticCredentials")
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
-            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -369,10 +372,7 @@ impl Validator<'_> {
             http_listeners,
             https_listeners,
             certificates,
-            shutdown_grace: raw
-                .server
-                .shutdown_grace
-                .unwrap_or(Duration::from_secs(10)),
+            shutdown_grace: raw.server.shutdown_grace.unwrap_or(Duration::from_secs(10)),
             cors,
             timeouts,
             regions,
@@ -480,12 +480,10 @@ impl Validator<'_> {
             }
             hosts.push(host);
         }
-        let endpoint: http::Uri = raw.endpoint.parse().map_err(|_| {
-            self.err(
-                key("endpoint"),
-                format!("`{}` is not a URL", raw.endpoint),
-            )
-        })?;
+        let endpoint: http::Uri = raw
+            .endpoint
+            .parse()
+            .map_err(|_| self.err(key("endpoint"), format!("`{}` is not a URL", raw.endpoint)))?;
         let scheme_ok = matches!(endpoint.scheme_str(), Some("http" | "https"));
         let path_ok = matches!(endpoint.path(), "" | "/") && endpoint.query().is_none();
         if !scheme_ok || endpoint.host().is_none() || !path_ok {
@@ -506,9 +504,15 @@ impl Validator<'_> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
-            return Err(self.err(key("signing_region"), "must be a region name such as eu-central-1"));
+            return Err(self.err(
+                key("signing_region"),
+                "must be a region name such as eu-central-1",
+            ));
         }
-        if raw.addressing == Addressing::VirtualHosted && raw.bucket.contains('.') && endpoint.scheme_str() == Some("https") {
+        if raw.addressing == Addressing::VirtualHosted
+            && raw.bucket.contains('.')
+            && endpoint.scheme_str() == Some("https")
+        {
             return Err(self.err(
                 key("addressing"),
                 "a bucket name with dots cannot be virtual-hosted over https: use addressing = \"path\"",
@@ -535,10 +539,16 @@ impl Validator<'_> {
         })
     }
 
-    fn credentials(&self, region: &str, raw: RawCredentials) -> Result<StaticCredentials, ConfigError> {
+    fn credentials(
+        &self,
+        region: &str,
+        raw: RawCredentials,
+    ) -> Result<StaticCredentials, ConfigError> {
         let base = format!("regions.{region}.credentials");
-        let pick = |inline: Option<String>, env_name: Option<String>, field: &str, required: bool| {
-            match (inline, env_name) {
+        let pick =
+            |inline: Option<String>, env_name: Option<String>, field: &str, required: bool| match (
+                inline, env_name,
+            ) {
                 (Some(_), Some(_)) => Err(self.err(
                     format!("{base}.{field}"),
                     format!("set either {field} or {field}_env, not both"),
@@ -559,16 +569,25 @@ impl Validator<'_> {
                     format!("missing: set {field} or {field}_env"),
                 )),
                 (None, None) => Ok(None),
-            }
-        };
-        let access_key_id = pick(raw.access_key_id, raw.access_key_id_env, "access_key_id", true)?;
+            };
+        let access_key_id = pick(
+            raw.access_key_id,
+            raw.access_key_id_env,
+            "access_key_id",
+            true,
+        )?;
         let secret_access_key = pick(
             raw.secret_access_key,
             raw.secret_access_key_env,
             "secret_access_key",
             true,
         )?;
-        let session_token = pick(raw.session_token, raw.session_token_env, "session_token", false)?;
+        let session_token = pick(
+            raw.session_token,
+            raw.session_token_env,
+            "session_token",
+            false,
+        )?;
         match (access_key_id, secret_access_key) {
             (Some(access_key_id), Some(secret_access_key)) => Ok(StaticCredentials {
                 access_key_id,
@@ -650,12 +669,30 @@ credentials = { access_key_id_env = "EU1_KEY", secret_access_key_env = "EU1_SECR
     #[test]
     fn errors_name_the_key() {
         let cases = [
-            (GOOD.replace("provider = \"aws\"", "provider = \"aws\"\ncolour = 1"), "regions.eu1"),
-            (GOOD.replace("https://s3", "ftp://s3"), "regions.eu1.endpoint"),
-            (GOOD.replace("eu1-addpipe\"", "EU1_addpipe\""), "regions.eu1.bucket"),
-            (GOOD.replace("EU1_SECRET", "MISSING"), "regions.eu1.credentials.secret_access_key_env"),
-            (GOOD.replace("127.0.0.1:8080", "localhost"), "server.http[0]"),
-            (GOOD.replace("[server]", "[server]\nshutdown_grace = \"soon\""), "server (line"),
+            (
+                GOOD.replace("provider = \"aws\"", "provider = \"aws\"\ncolour = 1"),
+                "regions.eu1",
+            ),
+            (
+                GOOD.replace("https://s3", "ftp://s3"),
+                "regions.eu1.endpoint",
+            ),
+            (
+                GOOD.replace("eu1-addpipe\"", "EU1_addpipe\""),
+                "regions.eu1.bucket",
+            ),
+            (
+                GOOD.replace("EU1_SECRET", "MISSING"),
+                "regions.eu1.credentials.secret_access_key_env",
+            ),
+            (
+                GOOD.replace("127.0.0.1:8080", "localhost"),
+                "server.http[0]",
+            ),
+            (
+                GOOD.replace("[server]", "[server]\nshutdown_grace = \"soon\""),
+                "server (line",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(&text).unwrap_err();

@@ -67,7 +67,11 @@ pub async fn run(
     let gateway = Gateway::new(config)?;
     for listener in &listeners {
         if let Ok(addr) = listener.tcp.local_addr() {
-            let scheme = if listener.tls.is_some() { "https" } else { "http" };
+            let scheme = if listener.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             tracing::info!(%addr, scheme, "listening");
         }
     }

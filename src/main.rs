@@ -145,15 +145,23 @@ async fn run_demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<(
 fn print_demo_urls(addr: SocketAddr, root: &std::path::Path) {
     let account = demo::SAMPLE_ACCOUNT;
     let name = demo::SAMPLE_NAME;
-    println!("\ns3edge demo: gateway on http://{addr}, backend data in {}", root.display());
-    println!("Four regions, each a SigV4-verifying S3 backend on loopback, hold one sample recording.\n");
+    println!(
+        "\ns3edge demo: gateway on http://{addr}, backend data in {}",
+        root.display()
+    );
+    println!(
+        "Four regions, each a SigV4-verifying S3 backend on loopback, hold one sample recording.\n"
+    );
     println!("Open in a browser (path form):");
     for spec in demo::REGIONS {
         println!("  http://{addr}/{}/{account}/{name}.mp4", spec.name);
     }
     println!("\nAll four files of eu1 with curl (path form):");
     for kind in FileKind::ALL {
-        println!("  curl -sI http://{addr}/eu1/{account}/{name}{}", kind.suffix());
+        println!(
+            "  curl -sI http://{addr}/eu1/{account}/{name}{}",
+            kind.suffix()
+        );
     }
     println!("\nHost form, as the public LOCATION URLs are resolved:");
     for spec in demo::REGIONS {

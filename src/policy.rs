@@ -33,7 +33,10 @@ pub fn write_headers(provider: Provider, kind: FileKind) -> HeaderMap {
         HeaderValue::from_static(storage_class(provider, kind)),
     );
     if let Some(sse) = server_side_encryption(provider) {
-        headers.insert("x-amz-server-side-encryption", HeaderValue::from_static(sse));
+        headers.insert(
+            "x-amz-server-side-encryption",
+            HeaderValue::from_static(sse),
+        );
     }
     headers.insert(
         http::header::CONTENT_TYPE,

@@ -123,7 +123,9 @@ impl Router {
             return Err(GatewayError::NotFound);
         }
         if rest.contains('%') {
-            return Err(GatewayError::BadPath("percent-encoded bytes are not allowed"));
+            return Err(GatewayError::BadPath(
+                "percent-encoded bytes are not allowed",
+            ));
         }
         let segments: Vec<&str> = rest.split('/').collect();
         if segments.iter().any(|s| s.is_empty()) {
@@ -140,9 +142,7 @@ impl Router {
                 (region, *hash, *file)
             }
             [prefix, hash, file] => {
-                let region = self
-                    .region_for_name(prefix)
-                    .ok_or(GatewayError::NotFound)?;
+                let region = self.region_for_name(prefix).ok_or(GatewayError::NotFound)?;
                 (region, *hash, *file)
             }
             _ => return Err(GatewayError::NotFound),
@@ -170,8 +170,7 @@ impl Router {
 fn is_valid_segment(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_SEGMENT_LEN
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
@@ -216,7 +215,10 @@ mod tests {
         let got = r.resolve(Some("localhost"), "/eu2/h-1/n_2.jpg").unwrap();
         assert_eq!((got.region, &*got.key), (1, "h-1/n_2.jpg"));
         let got = r
-            .resolve(Some("eu1-addpipe.s3.eu-central-1.amazonaws.com"), "/eu2/h/n.jpg")
+            .resolve(
+                Some("eu1-addpipe.s3.eu-central-1.amazonaws.com"),
+                "/eu2/h/n.jpg",
+            )
             .unwrap();
         assert_eq!(got.region, 1);
     }

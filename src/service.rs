@@ -150,8 +150,7 @@ impl Gateway {
         let mut response = upstream
             .fetch(method.clone(), &object.key, conditional.forward.clone())
             .await?;
-        if response.status() == StatusCode::PRECONDITION_FAILED && conditional.if_range_translated
-        {
+        if response.status() == StatusCode::PRECONDITION_FAILED && conditional.if_range_translated {
             // If-Range did not match: the client gets the whole, current object (RFC 9110 §13.1.5).
             let mut forward = conditional.forward;
             forward.remove(RANGE);
@@ -187,8 +186,13 @@ impl Conditional {
             if bytes.starts_with(b"W/") {
                 // A weak validator never matches If-Range: send the whole object.
                 forward.remove(RANGE);
-            } else if !forward.contains_key(IF_MATCH) && !forward.contains_key(IF_UNMODIFIED_SINCE) {
-                let name = if bytes.starts_with(b"\"") { IF_MATCH } else { IF_UNMODIFIED_SINCE };
+            } else if !forward.contains_key(IF_MATCH) && !forward.contains_key(IF_UNMODIFIED_SINCE)
+            {
+                let name = if bytes.starts_with(b"\"") {
+                    IF_MATCH
+                } else {
+                    IF_UNMODIFIED_SINCE
+                };
                 forward.insert(name, if_range);
                 if_range_translated = true;
             }
@@ -210,7 +214,9 @@ async fn relay(
     let status = response.status();
     match status {
         StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED => {}
-        StatusCode::PRECONDITION_FAILED => return Ok(short_response(status, "precondition failed\n")),
+        StatusCode::PRECONDITION_FAILED => {
+            return Ok(short_response(status, "precondition failed\n"));
+        }
         StatusCode::RANGE_NOT_SATISFIABLE => {
             let mut reply = short_response(status, "range not satisfiable\n");
             if let Some(range) = response.headers().get(CONTENT_RANGE) {
@@ -222,10 +228,7 @@ async fn relay(
             return match upstream::upstream_status_error(response).await {
                 GatewayError::UpstreamStatus { code, .. } if code == "NoSuchBucket" => {
                     tracing::error!(key = %object, "misconfiguration: the bucket does not exist");
-                    Err(GatewayError::UpstreamStatus {
-                        status,
-                        code,
-                    })
+                    Err(GatewayError::UpstreamStatus { status, code })
                 }
                 _ => Err(GatewayError::NotFound),
             };
@@ -243,7 +246,12 @@ async fn relay(
         }
     }
     let content_type = match parts.headers.get(CONTENT_TYPE) {
-        Some(v) if v.as_bytes() != b"application/octet-stream" && v.as_bytes() != b"binary/octet-stream" => v.clone(),
+        Some(v)
+            if v.as_bytes() != b"application/octet-stream"
+                && v.as_bytes() != b"binary/octet-stream" =>
+        {
+            v.clone()
+        }
         _ => HeaderValue::from_static(object.kind.content_type()),
     };
     headers.insert(CONTENT_TYPE, content_type);
@@ -270,9 +278,10 @@ fn request_host<B>(request: &Request<B>) -> Option<&str> {
 fn short_response(status: StatusCode, message: &'static str) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(message));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 

@@ -20,10 +20,10 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
+use hyper_util::rt::TokioExecutor;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use hyper_util::rt::TokioExecutor;
 
 use crate::config::{Addressing, RegionConfig, Timeouts};
 use crate::error::GatewayError;
@@ -76,9 +76,10 @@ impl Upstream {
                 format!("{scheme}://{authority}"),
                 format!("/{}", encode_key(&region.bucket)),
             ),
-            Addressing::VirtualHosted => {
-                (format!("{scheme}://{}.{authority}", region.bucket), String::new())
-            }
+            Addressing::VirtualHosted => (
+                format!("{scheme}://{}.{authority}", region.bucket),
+                String::new(),
+            ),
         };
         path_prefix.push('/');
         path_prefix.push_str(&encode_key(&region.key_prefix));
@@ -107,7 +108,8 @@ impl Upstream {
     /// The upstream URL of a key (the region's key prefix is added here).
     pub fn object_url(&self, key: &str) -> String {
         let encoded = encode_key(key);
-        let mut url = String::with_capacity(self.base.len() + self.path_prefix.len() + encoded.len());
+        let mut url =
+            String::with_capacity(self.base.len() + self.path_prefix.len() + encoded.len());
         url.push_str(&self.base);
         url.push_str(&self.path_prefix);
         url.push_str(&encoded);
@@ -212,7 +214,10 @@ impl Upstream {
         Ok(request)
     }
 
-    async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, GatewayError> {
+    async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, GatewayError> {
         match tokio::time::timeout(self.timeouts.response_head, self.client.request(request)).await
         {
             Err(_) => Err(GatewayError::UpstreamTimeout("response head")),
@@ -255,11 +260,11 @@ pub async fn upstream_status_error(response: Response<Incoming>) -> GatewayError
     use http_body_util::BodyExt;
     let status = response.status();
     let limited = http_body_util::Limited::new(response.into_body(), 16 * 1024);
-    let code = match tokio::time::timeout(std::time::Duration::from_secs(1), limited.collect()).await
-    {
-        Ok(Ok(collected)) => s3_error_code(&collected.to_bytes()),
-        _ => None,
-    };
+    let code =
+        match tokio::time::timeout(std::time::Duration::from_secs(1), limited.collect()).await {
+            Ok(Ok(collected)) => s3_error_code(&collected.to_bytes()),
+            _ => None,
+        };
     GatewayError::UpstreamStatus {
         status,
         code: code.unwrap_or_else(|| "-".into()),
@@ -337,7 +342,10 @@ impl tower_service::Service<Name> for Resolver {
 
     fn call(&mut self, name: Name) -> Self::Future {
         if let Some(ip) = self.connect_to {
-            return Box::pin(std::future::ready(Ok(vec![std::net::SocketAddr::new(ip, 0)].into_iter())));
+            return Box::pin(std::future::ready(Ok(vec![std::net::SocketAddr::new(
+                ip, 0,
+            )]
+            .into_iter())));
         }
         let mut system = GaiResolver::new();
         let resolving = system.call(name);

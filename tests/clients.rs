@@ -2,6 +2,8 @@
 //! `<video crossorigin>` through the gateway and reading a `fetch()` Range response, and
 //! `ffprobe` reading recordings over HTTP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::convert::Infallible;
@@ -96,7 +98,8 @@ async fn serve_page(html: String) -> (std::net::SocketAddr, mpsc::Receiver<Strin
                     async move {
                         if req.uri().path() == "/result" {
                             let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                            let text = String::from_utf8_lossy(&body.unwrap_or_default()).into_owned();
+                            let text =
+                                String::from_utf8_lossy(&body.unwrap_or_default()).into_owned();
                             let _ = tx.send(text).await;
                             return Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())));
                         }
@@ -104,7 +107,9 @@ async fn serve_page(html: String) -> (std::net::SocketAddr, mpsc::Receiver<Strin
                         if req.uri().path() != "/" {
                             *response.status_mut() = StatusCode::NOT_FOUND;
                         }
-                        response.headers_mut().insert("content-type", "text/html".parse().unwrap());
+                        response
+                            .headers_mut()
+                            .insert("content-type", "text/html".parse().unwrap());
                         Ok(response)
                     }
                 });
@@ -118,7 +123,11 @@ async fn serve_page(html: String) -> (std::net::SocketAddr, mpsc::Receiver<Strin
 }
 
 fn chromium() -> &'static str {
-    for candidate in ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"] {
+    for candidate in [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ] {
         if std::path::Path::new(candidate).exists() {
             return candidate;
         }
@@ -155,7 +164,9 @@ async fn chromium_plays_video_and_reads_range_cross_origin() {
     let report = tokio::time::timeout(Duration::from_secs(60), results.recv()).await;
     let _ = browser.kill();
     let _ = browser.wait();
-    let report = report.expect("the page did not report within 60 s").unwrap();
+    let report = report
+        .expect("the page did not report within 60 s")
+        .unwrap();
     let out: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert!(out.get("error").is_none(), "page failed: {report}");
     assert_eq!(out["step"], "done", "{report}");
@@ -164,7 +175,10 @@ async fn chromium_plays_video_and_reads_range_cross_origin() {
     let duration = out["duration"].as_f64().unwrap();
     assert!((duration - 4.0).abs() < 0.2, "{report}");
     assert!(out["played"].as_f64().unwrap() > 0.5, "{report}");
-    assert!((out["seeked"].as_f64().unwrap() - 3.0).abs() < 0.5, "{report}");
+    assert!(
+        (out["seeked"].as_f64().unwrap() - 3.0).abs() < 0.5,
+        "{report}"
+    );
     // A readable pixel proves the crossorigin video did not taint the canvas.
     assert_eq!(out["pixel"].as_array().unwrap().len(), 4, "{report}");
 
@@ -197,19 +211,35 @@ async fn ffprobe_reads_recordings_over_http() {
     let h = Harness::start().await;
     for (url_path, host) in [
         (format!("/eu1/{}", sample_key(FileKind::Processed)), None),
-        (format!("/{}", sample_key(FileKind::Raw)), Some(REGIONS[3].host)),
+        (
+            format!("/{}", sample_key(FileKind::Raw)),
+            Some(REGIONS[3].host),
+        ),
     ] {
         let url = format!("http://{}{url_path}", h.addr);
         let mut command = tokio::process::Command::new("ffprobe");
-        command.args(["-v", "error", "-show_entries", "format=duration,format_name:stream=codec_name", "-of", "json"]);
+        command.args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration,format_name:stream=codec_name",
+            "-of",
+            "json",
+        ]);
         if let Some(host) = host {
             command.args(["-headers", &format!("Host: {host}\r\n")]);
         }
         let output = tokio::time::timeout(Duration::from_secs(30), command.arg(&url).output())
             .await
             .expect("ffprobe hung")
-            .expect("ffprobe is needed for this test: apt-get install ffmpeg (bash .ci/setup does)");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            .expect(
+                "ffprobe is needed for this test: apt-get install ffmpeg (bash .ci/setup does)",
+            );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let info: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         let codecs: Vec<&str> = info["streams"]
             .as_array()
@@ -218,8 +248,17 @@ async fn ffprobe_reads_recordings_over_http() {
             .map(|s| s["codec_name"].as_str().unwrap())
             .collect();
         assert_eq!(codecs, ["h264", "aac"], "{url}");
-        let duration: f64 = info["format"]["duration"].as_str().unwrap().parse().unwrap();
+        let duration: f64 = info["format"]["duration"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((duration - 4.0).abs() < 0.1, "{url}: {duration}");
-        assert!(info["format"]["format_name"].as_str().unwrap().contains("mp4"));
+        assert!(
+            info["format"]["format_name"]
+                .as_str()
+                .unwrap()
+                .contains("mp4")
+        );
     }
 }

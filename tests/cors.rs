@@ -1,5 +1,7 @@
 //! CORS on every status, and preflights answered locally.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{Harness, sample_path};
@@ -10,11 +12,29 @@ use s3edge::route::FileKind;
 const ORIGIN: (&str, &str) = ("origin", "https://app.example.com");
 
 fn assert_cors(reply: &common::Reply, what: &str) {
-    assert_eq!(reply.header("access-control-allow-origin"), Some("*"), "{what}");
-    assert_eq!(reply.header("access-control-allow-methods"), Some("GET"), "{what}");
-    assert_eq!(reply.header("access-control-max-age"), Some("3000"), "{what}");
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("*"),
+        "{what}"
+    );
+    assert_eq!(
+        reply.header("access-control-allow-methods"),
+        Some("GET"),
+        "{what}"
+    );
+    assert_eq!(
+        reply.header("access-control-max-age"),
+        Some("3000"),
+        "{what}"
+    );
     let exposed = reply.header("access-control-expose-headers").unwrap_or("");
-    for name in ["Content-Range", "Content-Length", "Accept-Ranges", "ETag", "Last-Modified"] {
+    for name in [
+        "Content-Range",
+        "Content-Length",
+        "Accept-Ranges",
+        "ETag",
+        "Last-Modified",
+    ] {
         assert!(exposed.contains(name), "{what}: {name} not exposed");
     }
     assert_eq!(reply.header("vary"), Some("Origin"), "{what}");
@@ -38,7 +58,10 @@ async fn cors_headers_on_200_206_304_404_and_errors() {
     assert_cors(&not_modified, "304");
 
     let missing = h
-        .get(&format!("/eu1/{}/gone.mp4", demo::SAMPLE_ACCOUNT), &[ORIGIN])
+        .get(
+            &format!("/eu1/{}/gone.mp4", demo::SAMPLE_ACCOUNT),
+            &[ORIGIN],
+        )
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_cors(&missing, "404 from backend");
@@ -103,7 +126,11 @@ async fn preflight_is_answered_locally() {
         assert_eq!(reply.status, StatusCode::FORBIDDEN, "{method}");
         assert_eq!(reply.header("access-control-allow-headers"), None);
     }
-    assert_eq!(h.upstream_requests(), before, "a preflight reached a backend");
+    assert_eq!(
+        h.upstream_requests(),
+        before,
+        "a preflight reached a backend"
+    );
 }
 
 #[tokio::test]
@@ -114,11 +141,16 @@ async fn cors_values_are_configurable() {
         c.cors.max_age = 60;
     })
     .await;
-    let reply = h.get(&sample_path("eu1", FileKind::Snapshot), &[ORIGIN]).await;
+    let reply = h
+        .get(&sample_path("eu1", FileKind::Snapshot), &[ORIGIN])
+        .await;
     assert_eq!(
         reply.header("access-control-allow-origin"),
         Some("https://app.example.com")
     );
-    assert_eq!(reply.header("access-control-allow-methods"), Some("GET, HEAD"));
+    assert_eq!(
+        reply.header("access-control-allow-methods"),
+        Some("GET, HEAD")
+    );
     assert_eq!(reply.header("access-control-max-age"), Some("60"));
 }

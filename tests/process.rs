@@ -1,6 +1,8 @@
 //! The `s3edge` binary as operators run it: `check-config`, `serve` with a TOML file,
 //! a 50 MB stream with bounded memory under a slow client, and graceful shutdown on SIGTERM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -32,7 +34,12 @@ provider = "{provider}"
 credentials = {{ access_key_id = "{ak}", secret_access_key = "{sk}" }}
 "#,
         name = r.name,
-        hosts = r.hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", "),
+        hosts = r
+            .hosts
+            .iter()
+            .map(|h| format!("\"{h}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
         endpoint = r.endpoint.to_string().trim_end_matches('/'),
         bucket = r.bucket,
         signing = r.signing_region,
@@ -46,9 +53,7 @@ credentials = {{ access_key_id = "{ak}", secret_access_key = "{sk}" }}
 }
 
 fn write_config(dir: &Path, config: &Config, grace: &str) -> std::path::PathBuf {
-    let mut text = format!(
-        "[server]\nhttp = [\"127.0.0.1:0\"]\nshutdown_grace = \"{grace}\"\n"
-    );
+    let mut text = format!("[server]\nhttp = [\"127.0.0.1:0\"]\nshutdown_grace = \"{grace}\"\n");
     for region in &config.regions {
         text.push_str(&region_toml(region));
     }
@@ -100,10 +105,7 @@ fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-async fn start_download(
-    addr: SocketAddr,
-    path: &str,
-) -> hyper::Response<hyper::body::Incoming> {
+async fn start_download(addr: SocketAddr, path: &str) -> hyper::Response<hyper::body::Incoming> {
     let stream = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -117,7 +119,10 @@ async fn start_download(
 }
 
 async fn put_large_object(h: &Harness, size: usize) -> (String, Bytes) {
-    let body: Bytes = (0..size).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>().into();
+    let body: Bytes = (0..size)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
     let key = format!("{}/large-recording_raw.mp4", s3edge::demo::SAMPLE_ACCOUNT);
     let gateway = Gateway::new(&h.config).unwrap();
     let upstream = gateway.upstream("eu1").unwrap();
@@ -146,22 +151,41 @@ credentials = { access_key_id = "AKIA", secret_access_key = "s" }
 "#,
     )
     .unwrap();
-    let out = Command::new(BIN).arg("check-config").arg(&good).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 regions"));
 
     let bad = dir.path().join("bad.toml");
     let text = std::fs::read_to_string(&good).unwrap();
     std::fs::write(&bad, text.replace("https://s3.eu", "s3.eu")).unwrap();
-    let out = Command::new(BIN).arg("check-config").arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml: regions.eu1.endpoint"), "{err}");
 
     std::fs::write(&bad, text.replace("provider", "provder")).unwrap();
-    let out = Command::new(BIN).arg("check-config").arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("regions.eu1") && err.contains("provder"), "{err}");
+    assert!(
+        err.contains("regions.eu1") && err.contains("provder"),
+        "{err}"
+    );
 
     // The committed example config is valid.
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/s3edge.toml");
@@ -178,7 +202,11 @@ credentials = { access_key_id = "AKIA", secret_access_key = "s" }
         .env("S3EDGE_US2_SECRET_ACCESS_KEY", "b")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -192,7 +220,10 @@ async fn fifty_megabytes_stream_with_bounded_memory_under_a_slow_client() {
 
     let response = start_download(addr, &path).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["content-length"], body.len().to_string().as_str());
+    assert_eq!(
+        response.headers()["content-length"],
+        body.len().to_string().as_str()
+    );
     let mut stream = response.into_body();
     let mut received = Vec::with_capacity(body.len());
     let mut paused = false;

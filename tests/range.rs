@@ -1,5 +1,7 @@
 //! Range and conditional requests as video players send them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{Harness, sample_path};
@@ -57,7 +59,9 @@ async fn head_with_range_is_206() {
     let h = Harness::start().await;
     let path = sample_path("eu2", FileKind::Raw);
     let len = demo::sample_file(FileKind::Raw).len();
-    let reply = h.send(Method::HEAD, &path, &[("range", "bytes=10-19")]).await;
+    let reply = h
+        .send(Method::HEAD, &path, &[("range", "bytes=10-19")])
+        .await;
     assert_eq!(reply.status, StatusCode::PARTIAL_CONTENT);
     assert!(reply.body.is_empty());
     assert_eq!(reply.header("content-length"), Some("10"));
@@ -78,7 +82,10 @@ async fn if_range_match_gives_range_and_mismatch_gives_whole_object() {
 
     for validator in [etag.as_str(), modified.as_str()] {
         let hit = h
-            .get(&path, &[("range", "bytes=100-199"), ("if-range", validator)])
+            .get(
+                &path,
+                &[("range", "bytes=100-199"), ("if-range", validator)],
+            )
             .await;
         assert_eq!(hit.status, StatusCode::PARTIAL_CONTENT, "{validator}");
         assert_eq!(hit.body, full.slice(100..200));
@@ -89,7 +96,10 @@ async fn if_range_match_gives_range_and_mismatch_gives_whole_object() {
         "Thu, 01 Jan 2015 00:00:00 GMT",
     ] {
         let miss = h
-            .get(&path, &[("range", "bytes=100-199"), ("if-range", validator)])
+            .get(
+                &path,
+                &[("range", "bytes=100-199"), ("if-range", validator)],
+            )
             .await;
         assert_eq!(miss.status, StatusCode::OK, "{validator}");
         assert_eq!(miss.body, full, "{validator}");
@@ -123,7 +133,10 @@ async fn not_modified_and_precondition_failed() {
     assert_eq!(changed.body, first.body);
 
     let old = h
-        .get(&path, &[("if-modified-since", "Thu, 01 Jan 2015 00:00:00 GMT")])
+        .get(
+            &path,
+            &[("if-modified-since", "Thu, 01 Jan 2015 00:00:00 GMT")],
+        )
         .await;
     assert_eq!(old.status, StatusCode::OK);
 
@@ -135,7 +148,10 @@ async fn not_modified_and_precondition_failed() {
     assert_eq!(matched.status, StatusCode::OK);
 
     let unmodified = h
-        .get(&path, &[("if-unmodified-since", "Thu, 01 Jan 2015 00:00:00 GMT")])
+        .get(
+            &path,
+            &[("if-unmodified-since", "Thu, 01 Jan 2015 00:00:00 GMT")],
+        )
         .await;
     assert_eq!(unmodified.status, StatusCode::PRECONDITION_FAILED);
 }

@@ -1,6 +1,8 @@
 //! Every region × file kind × Host and path form, byte-exact, and everything that must be
 //! refused before it reaches a backend.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{Harness, sample_key, sample_path};
@@ -69,7 +71,11 @@ async fn storage_policy_was_applied_on_write() {
                 .stored_policy(spec.bucket, &sample_key(kind))
                 .unwrap();
             let expected_class = s3edge::policy::storage_class(spec.provider, kind);
-            assert_eq!(stored.storage_class, expected_class, "{} {kind:?}", spec.name);
+            assert_eq!(
+                stored.storage_class, expected_class,
+                "{} {kind:?}",
+                spec.name
+            );
             let expected_sse = s3edge::policy::server_side_encryption(spec.provider);
             assert_eq!(stored.sse.as_deref(), expected_sse, "{}", spec.name);
         }
@@ -94,27 +100,95 @@ async fn rejected_paths_never_reach_a_backend() {
     let cases: Vec<(String, Option<&str>, StatusCode)> = vec![
         ("/".into(), Some(host), StatusCode::NOT_FOUND),
         ("/".into(), None, StatusCode::NOT_FOUND),
-        (format!("/{hash}/rec.txt"), Some(host), StatusCode::NOT_FOUND),
-        (format!("/{hash}/rec.MP4"), Some(host), StatusCode::NOT_FOUND),
-        (format!("/{hash}/rec_raw.mov"), Some(host), StatusCode::NOT_FOUND),
-        (format!("/{hash}/a/rec.mp4"), Some(host), StatusCode::NOT_FOUND),
-        (format!("/eu1/{hash}/a/rec.mp4"), None, StatusCode::NOT_FOUND),
+        (
+            format!("/{hash}/rec.txt"),
+            Some(host),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/{hash}/rec.MP4"),
+            Some(host),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/{hash}/rec_raw.mov"),
+            Some(host),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/{hash}/a/rec.mp4"),
+            Some(host),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/eu1/{hash}/a/rec.mp4"),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
         ("/eu1".into(), None, StatusCode::NOT_FOUND),
         ("/eu1/".into(), None, StatusCode::BAD_REQUEST),
         (format!("/eu1/{hash}"), None, StatusCode::NOT_FOUND),
         (format!("/eu9/{hash}/rec.mp4"), None, StatusCode::NOT_FOUND),
-        (format!("/{hash}/rec.mp4"), Some("evil.example.com"), StatusCode::NOT_FOUND),
-        (format!("/{hash}/rec.mp4"), Some("127.0.0.1"), StatusCode::NOT_FOUND),
-        (format!("/{hash}/../rec.mp4"), Some(host), StatusCode::BAD_REQUEST),
-        (format!("/eu1/../{hash}/rec.mp4"), None, StatusCode::BAD_REQUEST),
-        (format!("/{hash}/%2e%2e.mp4"), Some(host), StatusCode::BAD_REQUEST),
-        (format!("/{hash}/rec%2Emp4"), Some(host), StatusCode::BAD_REQUEST),
-        (format!("/{hash}//rec.mp4"), Some(host), StatusCode::BAD_REQUEST),
-        (format!("//{hash}/rec.mp4"), Some(host), StatusCode::BAD_REQUEST),
-        (format!("/{hash}/rec.mp4/"), Some(host), StatusCode::BAD_REQUEST),
-        (format!("/{hash}/re.c.jpg"), Some(host), StatusCode::BAD_REQUEST),
-        (format!("/{hash}/_raw.mp4"), Some(host), StatusCode::BAD_REQUEST),
-        (format!("/{}/rec.jpg", "a".repeat(129)), Some(host), StatusCode::BAD_REQUEST),
+        (
+            format!("/{hash}/rec.mp4"),
+            Some("evil.example.com"),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/{hash}/rec.mp4"),
+            Some("127.0.0.1"),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/{hash}/../rec.mp4"),
+            Some(host),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/eu1/../{hash}/rec.mp4"),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/{hash}/%2e%2e.mp4"),
+            Some(host),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/{hash}/rec%2Emp4"),
+            Some(host),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/{hash}//rec.mp4"),
+            Some(host),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("//{hash}/rec.mp4"),
+            Some(host),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/{hash}/rec.mp4/"),
+            Some(host),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/{hash}/re.c.jpg"),
+            Some(host),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/{hash}/_raw.mp4"),
+            Some(host),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/{}/rec.jpg", "a".repeat(129)),
+            Some(host),
+            StatusCode::BAD_REQUEST,
+        ),
     ];
     let before = h.upstream_requests();
     for (path, host, status) in &cases {
@@ -122,9 +196,16 @@ async fn rejected_paths_never_reach_a_backend() {
         let reply = h.get(path, &headers).await;
         assert_eq!(reply.status, *status, "{path} host={host:?}");
         assert!(reply.body.len() < 64, "{path}: body should be short");
-        assert_eq!(reply.header("content-type"), Some("text/plain; charset=utf-8"));
+        assert_eq!(
+            reply.header("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
     }
-    assert_eq!(h.upstream_requests(), before, "a refused request reached a backend");
+    assert_eq!(
+        h.upstream_requests(),
+        before,
+        "a refused request reached a backend"
+    );
 }
 
 #[tokio::test]
@@ -191,7 +272,12 @@ async fn client_credentials_and_headers_are_not_forwarded() {
     let auth = last.headers["authorization"].to_str().unwrap();
     assert!(auth.contains("Credential=DEMOUS2KEY/"), "{auth}");
     assert!(!auth.contains("CLIENTKEY"));
-    for name in ["cookie", "x-amz-security-token", "x-amz-meta-evil", "x-forwarded-for"] {
+    for name in [
+        "cookie",
+        "x-amz-security-token",
+        "x-amz-meta-evil",
+        "x-forwarded-for",
+    ] {
         assert!(!last.headers.contains_key(name), "{name} was forwarded");
     }
     assert_ne!(
@@ -206,7 +292,10 @@ async fn missing_object_is_a_short_404() {
     let h = Harness::start().await;
     let before = h.backends.backends[1].stats.requests();
     let reply = h
-        .get(&format!("/eu2/{}/nosuchrecording.jpg", demo::SAMPLE_ACCOUNT), &[])
+        .get(
+            &format!("/eu2/{}/nosuchrecording.jpg", demo::SAMPLE_ACCOUNT),
+            &[],
+        )
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(&reply.body[..], b"not found\n");

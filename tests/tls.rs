@@ -1,6 +1,8 @@
 //! TLS termination with certificates generated here: SNI picks the certificate, ALPN picks
 //! HTTP/1.1 or HTTP/2, and the bytes are the same either way.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;
@@ -111,7 +113,10 @@ async fn http1_over_tls_with_sni() {
         .unwrap();
     let response = within(sender.send_request(request)).await.unwrap();
     assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
-    let body = within(response.into_body().collect()).await.unwrap().to_bytes();
+    let body = within(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     assert_eq!(body, demo::sample_file(FileKind::Processed).slice(0..1024));
 }
 
@@ -129,19 +134,19 @@ async fn http2_over_tls_and_default_certificate() {
     tokio::spawn(conn);
     // Several streams on one connection, path form, each file kind.
     for kind in FileKind::ALL {
-        let request = Request::get(format!(
-            "https://edge.test/us2/{}",
-            sample_key(kind)
-        ))
-        .header("origin", "https://app.example")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+        let request = Request::get(format!("https://edge.test/us2/{}", sample_key(kind)))
+            .header("origin", "https://app.example")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
         let response = within(sender.send_request(request)).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{kind:?}");
         assert_eq!(response.version(), http::Version::HTTP_2);
         assert_eq!(response.headers()["access-control-allow-origin"], "*");
         assert_eq!(response.headers()["content-type"], kind.content_type());
-        let body = within(response.into_body().collect()).await.unwrap().to_bytes();
+        let body = within(response.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes();
         assert_eq!(body, demo::sample_file(kind), "{kind:?}");
     }
     // Host form over HTTP/2: the :authority names the region.
@@ -170,5 +175,8 @@ async fn unknown_sni_gets_the_default_certificate() {
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
     let name = ServerName::try_from("other.test".to_string()).unwrap();
     let result = within(TlsConnector::from(Arc::new(config)).connect(name, tcp)).await;
-    assert!(result.is_err(), "a certificate for other.test was presented");
+    assert!(
+        result.is_err(),
+        "a certificate for other.test was presented"
+    );
 }

@@ -1,6 +1,8 @@
 //! Signing, addressing and backend failures: a signing bug or a leak of backend detail
 //! fails here.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -53,11 +55,20 @@ async fn wrong_secret_is_a_502_without_backend_detail() {
     })
     .await;
     let reply = h
-        .get(&sample_path("us2", FileKind::Raw), &[("origin", "https://a.example")])
+        .get(
+            &sample_path("us2", FileKind::Raw),
+            &[("origin", "https://a.example")],
+        )
         .await;
     assert_opaque_502(&reply);
     let body = String::from_utf8_lossy(&reply.body);
-    for secret in ["SignatureDoesNotMatch", "RequestId", "us2-addpipe", "<?xml", "HostId"] {
+    for secret in [
+        "SignatureDoesNotMatch",
+        "RequestId",
+        "us2-addpipe",
+        "<?xml",
+        "HostId",
+    ] {
         assert!(!body.contains(secret), "{secret} leaked");
     }
     assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
@@ -73,7 +84,10 @@ async fn session_tokens_are_signed_in() {
     assert_eq!(reply.status, StatusCode::OK);
     let seen = h.backends.backends[2].stats.recent();
     let last = seen.last().unwrap();
-    assert_eq!(last.headers["x-amz-security-token"], "FQoGZXIvYXdzEXAMPLETOKEN");
+    assert_eq!(
+        last.headers["x-amz-security-token"],
+        "FQoGZXIvYXdzEXAMPLETOKEN"
+    );
     let auth = last.headers["authorization"].to_str().unwrap();
     assert!(auth.contains("x-amz-security-token"), "{auth}");
     assert!(last.headers.contains_key("x-amz-content-sha256"));
@@ -81,7 +95,14 @@ async fn session_tokens_are_signed_in() {
 
 #[tokio::test]
 async fn key_prefix_needing_encoding_still_signs() {
-    for prefix in ["recordings/", "with space/", "a+b/", "(paren)/", "it's/", "vidéo-日本/"] {
+    for prefix in [
+        "recordings/",
+        "with space/",
+        "a+b/",
+        "(paren)/",
+        "it's/",
+        "vidéo-日本/",
+    ] {
         let h = Harness::start_with(|c| c.regions[0].key_prefix = prefix.to_string()).await;
         let gateway = Gateway::new(&h.config).unwrap();
         common::within(demo::upload_sample(&gateway, &h.config.regions[..1]))
@@ -89,7 +110,11 @@ async fn key_prefix_needing_encoding_still_signs() {
             .unwrap_or_else(|e| panic!("{prefix}: upload failed: {e}"));
         let reply = h.get(&sample_path("eu1", FileKind::Processed), &[]).await;
         assert_eq!(reply.status, StatusCode::OK, "{prefix}");
-        assert_eq!(reply.body, demo::sample_file(FileKind::Processed), "{prefix}");
+        assert_eq!(
+            reply.body,
+            demo::sample_file(FileKind::Processed),
+            "{prefix}"
+        );
         let seen = h.backends.backends[0].stats.recent();
         let path = seen.last().unwrap().uri.path().to_string();
         let expected_key = format!("{prefix}{}", sample_key(FileKind::Processed));
@@ -137,8 +162,14 @@ async fn virtual_hosted_addressing() {
     assert_eq!(reply.body, demo::sample_file(FileKind::Filmstrip));
     let seen = backend.stats.recent();
     let last = seen.last().unwrap();
-    assert_eq!(last.headers["host"], format!("eu1-addpipe.s3.edge.test:{port}").as_str());
-    assert_eq!(last.uri.path(), format!("/{}", sample_key(FileKind::Filmstrip)));
+    assert_eq!(
+        last.headers["host"],
+        format!("eu1-addpipe.s3.edge.test:{port}").as_str()
+    );
+    assert_eq!(
+        last.uri.path(),
+        format!("/{}", sample_key(FileKind::Filmstrip))
+    );
 }
 
 #[tokio::test]
@@ -193,7 +224,11 @@ async fn unreachable_backend_is_502_and_a_hung_one_504() {
     let timed_out = h.get(&sample_path("eu2", FileKind::Snapshot), &[]).await;
     assert_eq!(timed_out.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(&timed_out.body[..], b"gateway timeout\n");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     holder.abort();
 }
 
@@ -202,12 +237,24 @@ async fn the_regions_are_distinct_backends() {
     // Each region's signing identity is its own: a request for one region never goes to another.
     let h = Harness::start().await;
     for (index, spec) in REGIONS.iter().enumerate() {
-        let before: Vec<u64> = h.backends.backends.iter().map(|b| b.stats.requests()).collect();
-        let reply = h.get(&sample_path(spec.name, FileKind::Snapshot), &[]).await;
+        let before: Vec<u64> = h
+            .backends
+            .backends
+            .iter()
+            .map(|b| b.stats.requests())
+            .collect();
+        let reply = h
+            .get(&sample_path(spec.name, FileKind::Snapshot), &[])
+            .await;
         assert_eq!(reply.status, StatusCode::OK);
         for (other, backend) in h.backends.backends.iter().enumerate() {
             let expected = before[other] + u64::from(other == index);
-            assert_eq!(backend.stats.requests(), expected, "{} hit backend {other}", spec.name);
+            assert_eq!(
+                backend.stats.requests(),
+                expected,
+                "{} hit backend {other}",
+                spec.name
+            );
         }
     }
 }

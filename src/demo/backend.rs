@@ -117,7 +117,8 @@ impl S3Backend {
     pub fn start(listener: TcpListener, options: BackendOptions) -> std::io::Result<S3Backend> {
         let addr = listener.local_addr()?;
         std::fs::create_dir_all(&options.root)?;
-        let fs = s3s_fs::FileSystem::new(&options.root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        let fs = s3s_fs::FileSystem::new(&options.root)
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
         let store = Arc::new(PolicyStore::default());
         let wrapper = PolicyFs {
             fs,
@@ -132,7 +133,8 @@ impl S3Backend {
             options.secret_key.clone(),
         ));
         if let Some(domain) = &options.virtual_host_domain {
-            let host = s3s::host::MultiDomain::new([domain.as_str()]).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let host = s3s::host::MultiDomain::new([domain.as_str()])
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
             builder.set_host(host);
         }
         let service = builder.build();
@@ -191,14 +193,15 @@ async fn accept_loop(
         let builder = builder.clone();
         let mut conn_stop = stop.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                stats.record(&request);
-                let service = service.clone();
-                async move {
-                    let response = service.call(request.map(s3s::Body::from)).await?;
-                    Ok::<_, s3s::HttpError>(apply_status_override(response))
-                }
-            });
+            let svc =
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    stats.record(&request);
+                    let service = service.clone();
+                    async move {
+                        let response = service.call(request.map(s3s::Body::from)).await?;
+                        Ok::<_, s3s::HttpError>(apply_status_override(response))
+                    }
+                });
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = conn => {}
@@ -274,7 +277,10 @@ impl PolicyFs {
     /// AWS rejects a credential scope for the wrong region; s3s does not check it.
     fn admit<T>(&self, request: &S3Request<T>) -> S3Result<()> {
         if let Some(actual) = &self.redirect_to_region {
-            let mut err = s3_error!(PermanentRedirect, "The bucket you are attempting to access must be addressed using the specified endpoint.");
+            let mut err = s3_error!(
+                PermanentRedirect,
+                "The bucket you are attempting to access must be addressed using the specified endpoint."
+            );
             let mut headers = http::HeaderMap::new();
             if let Ok(value) = http::HeaderValue::from_str(actual) {
                 headers.insert("x-amz-bucket-region", value);
@@ -333,7 +339,11 @@ impl PolicyFs {
         Ok(self.fs.head_object(request).await?.output)
     }
 
-    fn decorate(&self, bucket: &str, key: &str) -> (Option<StorageClass>, Option<ServerSideEncryption>) {
+    fn decorate(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> (Option<StorageClass>, Option<ServerSideEncryption>) {
         match self.store.get(bucket, key) {
             Some(policy) => (
                 Some(StorageClass::from(policy.storage_class)),
@@ -363,7 +373,11 @@ impl Conditions<'_> {
         let etag_matches = |cond: &ETagCondition, weak: bool| match (cond, etag) {
             (ETagCondition::Any, _) => etag.is_some(),
             (ETagCondition::ETag(want), Some(have)) => {
-                if weak { want.value() == have.value() } else { want.strong_cmp(have) }
+                if weak {
+                    want.value() == have.value()
+                } else {
+                    want.strong_cmp(have)
+                }
             }
             (ETagCondition::ETag(_), None) => false,
         };
@@ -424,7 +438,10 @@ impl S3 for PolicyFs {
         self.fs.delete_object(req).await
     }
 
-    async fn put_object(&self, mut req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+    async fn put_object(
+        &self,
+        mut req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
         self.admit(&req)?;
         let class = req
             .input
@@ -432,22 +449,44 @@ impl S3 for PolicyFs {
             .take()
             .map_or_else(|| "STANDARD".to_string(), |c| c.as_str().to_string());
         if !self.allowed_storage_class(&class) {
-            return Err(s3_error!(InvalidStorageClass, "storage class {class} is not offered here"));
+            return Err(s3_error!(
+                InvalidStorageClass,
+                "storage class {class} is not offered here"
+            ));
         }
-        let sse = req.input.server_side_encryption.take().map(|s| s.as_str().to_string());
+        let sse = req
+            .input
+            .server_side_encryption
+            .take()
+            .map(|s| s.as_str().to_string());
         match (self.provider, sse.as_deref()) {
             (_, None) | (Provider::Aws, Some("AES256" | "aws:kms")) => {}
-            _ => return Err(s3_error!(NotImplemented, "server-side encryption is not offered here")),
+            _ => {
+                return Err(s3_error!(
+                    NotImplemented,
+                    "server-side encryption is not offered here"
+                ));
+            }
         }
         let bucket = req.input.bucket.clone();
         let key = req.input.key.clone();
         let mut response = self.fs.put_object(req).await?;
-        self.store.set(&bucket, &key, StoredPolicy { storage_class: class, sse: sse.clone() });
+        self.store.set(
+            &bucket,
+            &key,
+            StoredPolicy {
+                storage_class: class,
+                sse: sse.clone(),
+            },
+        );
         response.output.server_side_encryption = sse.map(ServerSideEncryption::from);
         Ok(response)
     }
 
-    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
         self.admit(&req)?;
         let range = req.input.range;
         let conditions = Conditions {
@@ -469,7 +508,8 @@ impl S3 for PolicyFs {
                 return Ok(with_status(output, http::StatusCode::NOT_MODIFIED));
             }
         }
-        (output.storage_class, output.server_side_encryption) = self.decorate(&req.input.bucket, &req.input.key);
+        (output.storage_class, output.server_side_encryption) =
+            self.decorate(&req.input.bucket, &req.input.key);
         output.accept_ranges = Some("bytes".into());
         let full = u64::try_from(output.content_length.unwrap_or(0)).unwrap_or(0);
         if let Some(range) = range {
@@ -481,7 +521,10 @@ impl S3 for PolicyFs {
         Ok(S3Response::new(output))
     }
 
-    async fn get_object(&self, mut req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+    async fn get_object(
+        &self,
+        mut req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
         self.admit(&req)?;
         let input = &mut req.input;
         let conditions = Conditions {
@@ -500,7 +543,9 @@ impl S3 for PolicyFs {
             let head = self.head(&input.bucket, &input.key).await?;
             // A suffix longer than the object means the whole object; s3s-fs seeks before 0.
             if let Some(Range::Suffix { length }) = input.range {
-                clamp_suffix = head.content_length.is_some_and(|len| u64::try_from(len).is_ok_and(|len| length > len));
+                clamp_suffix = head
+                    .content_length
+                    .is_some_and(|len| u64::try_from(len).is_ok_and(|len| length > len));
             }
             match conditions.evaluate(head.e_tag.as_ref(), head.last_modified.as_ref()) {
                 Precondition::Proceed => {}
@@ -516,7 +561,10 @@ impl S3 for PolicyFs {
             }
         }
         if clamp_suffix {
-            input.range = Some(Range::Int { first: 0, last: None });
+            input.range = Some(Range::Int {
+                first: 0,
+                last: None,
+            });
         }
         input.if_match = None;
         input.if_none_match = None;
@@ -525,7 +573,10 @@ impl S3 for PolicyFs {
         let (bucket, key) = (input.bucket.clone(), input.key.clone());
         let has_range = input.range.is_some();
         let mut response = self.fs.get_object(req).await?;
-        (response.output.storage_class, response.output.server_side_encryption) = self.decorate(&bucket, &key);
+        (
+            response.output.storage_class,
+            response.output.server_side_encryption,
+        ) = self.decorate(&bucket, &key);
         response.output.accept_ranges = Some("bytes".into());
         if has_range {
             // AWS answers 206 to every satisfiable Range, including `bytes=0-`.

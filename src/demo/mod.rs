@@ -113,10 +113,7 @@ impl Backends {
             regions.push(RegionConfig {
                 name: spec.name.to_string(),
                 hosts: vec![spec.host.to_string()],
-                endpoint: backend
-                    .endpoint()
-                    .parse()
-                    .map_err(std::io::Error::other)?,
+                endpoint: backend.endpoint().parse().map_err(std::io::Error::other)?,
                 bucket: spec.bucket.to_string(),
                 signing_region: spec.signing_region.to_string(),
                 addressing: Addressing::Path,
@@ -133,7 +130,10 @@ impl Backends {
 
 /// Creates each region's bucket (when missing) and writes the sample recording's four files
 /// through the gateway's signed write path, with the storage policy.
-pub async fn upload_sample(gateway: &Gateway, regions: &[RegionConfig]) -> Result<(), GatewayError> {
+pub async fn upload_sample(
+    gateway: &Gateway,
+    regions: &[RegionConfig],
+) -> Result<(), GatewayError> {
     for region in regions {
         let upstream = gateway
             .upstream(&region.name)
@@ -142,7 +142,11 @@ pub async fn upload_sample(gateway: &Gateway, regions: &[RegionConfig]) -> Resul
         for kind in FileKind::ALL {
             let key = format!("{SAMPLE_ACCOUNT}/{SAMPLE_NAME}{}", kind.suffix());
             upstream
-                .put_object(&key, sample_file(kind), policy::write_headers(region.provider, kind))
+                .put_object(
+                    &key,
+                    sample_file(kind),
+                    policy::write_headers(region.provider, kind),
+                )
                 .await?;
         }
     }

@@ -1,6 +1,6 @@
 //! Test harness: four real, SigV4-verifying S3 backends and the gateway, all on
 //! `127.0.0.1:0`, reached through a real hyper client. Every await has a timeout.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,7 +48,12 @@ impl Reply {
 
 /// The sample recording's key for a kind.
 pub fn sample_key(kind: FileKind) -> String {
-    format!("{}/{}{}", demo::SAMPLE_ACCOUNT, demo::SAMPLE_NAME, kind.suffix())
+    format!(
+        "{}/{}{}",
+        demo::SAMPLE_ACCOUNT,
+        demo::SAMPLE_NAME,
+        kind.suffix()
+    )
 }
 
 /// Path form of the sample recording's file in a region.
@@ -126,7 +131,11 @@ impl Harness {
 
     /// Requests seen by all backends together.
     pub fn upstream_requests(&self) -> u64 {
-        self.backends.backends.iter().map(|b| b.stats.requests()).sum()
+        self.backends
+            .backends
+            .iter()
+            .map(|b| b.stats.requests())
+            .sum()
     }
 
     /// Sends a request to the gateway and reads the whole answer.
