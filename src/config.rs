@@ -545,31 +545,29 @@ impl Validator<'_> {
         raw: RawCredentials,
     ) -> Result<StaticCredentials, ConfigError> {
         let base = format!("regions.{region}.credentials");
-        let pick =
-            |inline: Option<String>, env_name: Option<String>, field: &str, required: bool| match (
-                inline, env_name,
-            ) {
-                (Some(_), Some(_)) => Err(self.err(
-                    format!("{base}.{field}"),
-                    format!("set either {field} or {field}_env, not both"),
+        let pick = |inline: Option<String>,
+                    env_name: Option<String>,
+                    field: &str,
+                    required: bool| match (inline, env_name) {
+            (Some(_), Some(_)) => Err(self.err(
+                format!("{base}.{field}"),
+                format!("set either {field} or {field}_env, not both"),
+            )),
+            (Some(v), None) if v.is_empty() => Err(self.err(format!("{base}.{field}"), "is empty")),
+            (Some(v), None) => Ok(Some(v)),
+            (None, Some(var)) => match (self.env)(&var) {
+                Some(v) if !v.is_empty() => Ok(Some(v)),
+                _ => Err(self.err(
+                    format!("{base}.{field}_env"),
+                    format!("environment variable {var} is not set"),
                 )),
-                (Some(v), None) if v.is_empty() => {
-                    Err(self.err(format!("{base}.{field}"), "is empty"))
-                }
-                (Some(v), None) => Ok(Some(v)),
-                (None, Some(var)) => match (self.env)(&var) {
-                    Some(v) if !v.is_empty() => Ok(Some(v)),
-                    _ => Err(self.err(
-                        format!("{base}.{field}_env"),
-                        format!("environment variable {var} is not set"),
-                    )),
-                },
-                (None, None) if required => Err(self.err(
-                    format!("{base}.{field}"),
-                    format!("missing: set {field} or {field}_env"),
-                )),
-                (None, None) => Ok(None),
-            };
+            },
+            (None, None) if required => Err(self.err(
+                format!("{base}.{field}"),
+                format!("missing: set {field} or {field}_env"),
+            )),
+            (None, None) => Ok(None),
+        };
         let access_key_id = pick(
             raw.access_key_id,
             raw.access_key_id_env,

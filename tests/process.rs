@@ -16,49 +16,17 @@ use common::{Harness, within};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use s3edge::config::{Config, RegionConfig};
+use s3edge::config::Config;
 use s3edge::service::Gateway;
 
 const BIN: &str = env!("CARGO_BIN_EXE_s3edge");
 
-fn region_toml(r: &RegionConfig) -> String {
-    format!(
-        r#"
-[regions.{name}]
-hosts = [{hosts}]
-endpoint = "{endpoint}"
-bucket = "{bucket}"
-signing_region = "{signing}"
-addressing = "path"
-provider = "{provider}"
-credentials = {{ access_key_id = "{ak}", secret_access_key = "{sk}" }}
-"#,
-        name = r.name,
-        hosts = r
-            .hosts
-            .iter()
-            .map(|h| format!("\"{h}\""))
-            .collect::<Vec<_>>()
-            .join(", "),
-        endpoint = r.endpoint.to_string().trim_end_matches('/'),
-        bucket = r.bucket,
-        signing = r.signing_region,
-        provider = match r.provider {
-            s3edge::config::Provider::Aws => "aws",
-            s3edge::config::Provider::Scaleway => "scaleway",
-        },
-        ak = r.credentials.access_key_id,
-        sk = r.credentials.secret_access_key,
-    )
-}
-
-fn write_config(dir: &Path, config: &Config, grace: &str) -> std::path::PathBuf {
-    let mut text = format!("[server]\nhttp = [\"127.0.0.1:0\"]\nshutdown_grace = \"{grace}\"\n");
-    for region in &config.regions {
-        text.push_str(&region_toml(region));
-    }
+fn write_config(dir: &Path, config: &Config, grace: Duration) -> std::path::PathBuf {
+    let mut config = config.clone();
+    config.http_listeners = vec!["127.0.0.1:0".parse().unwrap()];
+    config.shutdown_grace = grace;
     let path = dir.join("s3edge.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, s3edge::demo::render_toml(&config)).unwrap();
     path
 }
 
@@ -214,7 +182,8 @@ async fn fifty_megabytes_stream_with_bounded_memory_under_a_slow_client() {
     let h = Harness::start().await;
     let (path, body) = put_large_object(&h, 50 * 1024 * 1024).await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_gateway(&write_config(dir.path(), &h.config, "5s"));
+    let (mut child, addr) =
+        spawn_gateway(&write_config(dir.path(), &h.config, Duration::from_secs(5)));
     let pid = child.id();
     let (baseline, _) = memory_kib(pid);
 
@@ -258,7 +227,11 @@ async fn sigterm_finishes_in_flight_downloads_and_refuses_new_ones() {
     let h = Harness::start().await;
     let (path, body) = put_large_object(&h, 8 * 1024 * 1024).await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_gateway(&write_config(dir.path(), &h.config, "10s"));
+    let (mut child, addr) = spawn_gateway(&write_config(
+        dir.path(),
+        &h.config,
+        Duration::from_secs(10),
+    ));
 
     let response = start_download(addr, &path).await;
     assert_eq!(response.status(), StatusCode::OK);

@@ -153,6 +153,56 @@ pub async fn upload_sample(
     Ok(())
 }
 
+/// Renders the regions and plain listeners of a config as a TOML file for `s3edge serve`,
+/// credentials inline: how tests and benchmarks run the binary against demo backends.
+pub fn render_toml(config: &crate::config::Config) -> String {
+    use std::fmt::Write as _;
+    let quoted = |items: &mut dyn Iterator<Item = String>| {
+        items
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "[server]\nhttp = [{}]\nshutdown_grace = \"{}ms\"\n",
+        quoted(&mut config.http_listeners.iter().map(ToString::to_string)),
+        config.shutdown_grace.as_millis()
+    );
+    let _ = writeln!(
+        out,
+        "[timeouts]\nconnect = \"{}ms\"\nresponse_head = \"{}ms\"\n",
+        config.timeouts.connect.as_millis(),
+        config.timeouts.response_head.as_millis()
+    );
+    for r in &config.regions {
+        let provider = match r.provider {
+            Provider::Aws => "aws",
+            Provider::Scaleway => "scaleway",
+        };
+        let addressing = match r.addressing {
+            Addressing::Path => "path",
+            Addressing::VirtualHosted => "virtual-hosted",
+        };
+        let _ = writeln!(
+            out,
+            "[regions.{}]\nhosts = [{}]\nendpoint = {:?}\nbucket = {:?}\nsigning_region = {:?}\n\
+             addressing = {addressing:?}\nkey_prefix = {:?}\nprovider = {provider:?}\n\
+             credentials = {{ access_key_id = {:?}, secret_access_key = {:?} }}\n",
+            r.name,
+            quoted(&mut r.hosts.iter().cloned()),
+            r.endpoint.to_string().trim_end_matches('/'),
+            r.bucket,
+            r.signing_region,
+            r.key_prefix,
+            r.credentials.access_key_id,
+            r.credentials.secret_access_key,
+        );
+    }
+    out
+}
+
 /// A per-run secret so demo credentials are not guessable from the source.
 fn random_suffix() -> String {
     use std::hash::{BuildHasher, Hasher};
