@@ -643,7 +643,7 @@ credentials = { access_key_id_env = "EU1_KEY", secret_access_key_env = "EU1_SECR
     fn env(name: &str) -> Option<String> {
         match name {
             "EU1_KEY" => Some("AKIA".into()),
-            "EU1_SECRET" => Some("secret".into()),
+            "EU1_SECRET" => Some("wJalrXUtnFEMI-value".into()),
             _ => None,
         }
     }
@@ -661,7 +661,7 @@ credentials = { access_key_id_env = "EU1_KEY", secret_access_key_env = "EU1_SECR
         assert_eq!(r.addressing, Addressing::VirtualHosted);
         assert_eq!(r.credentials.access_key_id, "AKIA");
         assert_eq!(c.cors.max_age, 3000);
-        assert!(!format!("{:?}", r.credentials).contains("secret"));
+        assert!(!format!("{:?}", r.credentials).contains("wJalrXUtnFEMI"));
     }
 
     #[test]
@@ -692,6 +692,37 @@ credentials = { access_key_id_env = "EU1_KEY", secret_access_key_env = "EU1_SECR
                 "server (line",
             ),
         ];
+        let second_region = GOOD.replace("[regions.eu1]", "[regions.eu2]");
+        let duplicate_host = format!(
+            "{GOOD}\n{}",
+            &second_region[second_region.find("[regions.eu2]").unwrap_or(0)..]
+        );
+        let cases = cases.into_iter().chain([
+            (
+                GOOD.replace("[server]", "[server]\nhttps = [\"127.0.0.1:8443\"]"),
+                "tls.certificates",
+            ),
+            (duplicate_host, "regions.eu2.hosts"),
+            (
+                GOOD.replace("[regions.eu1]", "[regions.EU_1]"),
+                "regions.EU_1",
+            ),
+            (
+                GOOD.replace("provider = \"aws\"", "provider = \"gcs\""),
+                "regions.eu1 (line",
+            ),
+            (
+                GOOD.replace("eu-central-1\"\nprovider", "eu central\"\nprovider"),
+                "regions.eu1.signing_region",
+            ),
+            (
+                GOOD.replace(
+                    "https://s3.eu-central-1.amazonaws.com",
+                    "https://s3.eu-central-1.amazonaws.com/bucket",
+                ),
+                "regions.eu1.endpoint",
+            ),
+        ]);
         for (text, key) in cases {
             let err = parse(&text).unwrap_err();
             assert!(err.key.starts_with(key), "{key}: {err}");

@@ -38,7 +38,7 @@ pub enum GatewayError {
     #[error("backend timed out ({0})")]
     UpstreamTimeout(&'static str),
     /// The backend could not be reached or the connection failed.
-    #[error("backend unreachable: {0}")]
+    #[error("backend unreachable")]
     UpstreamConnect(#[source] hyper_util::client::legacy::Error),
     /// The request could not be signed.
     #[error("signing failed: {0}")]
@@ -79,6 +79,18 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "gateway timeout\n",
             GatewayError::Signing(_) | GatewayError::Internal(_) => "internal error\n",
         }
+    }
+
+    /// The error and its sources, for the log (never for the client).
+    pub fn detail(&self) -> String {
+        let mut detail = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            detail.push_str(": ");
+            detail.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        detail
     }
 
     /// Whether operators need to hear about it (server-side faults), as opposed to client noise.

@@ -111,10 +111,11 @@ impl Gateway {
         let mut response = match self.handle_inner(&request, &mut log).await {
             Ok(response) => response,
             Err(error) => {
+                let detail = error.detail();
                 if error.is_server_fault() {
-                    tracing::warn!(host = %log.host, path = %log.path, %error, "request failed");
+                    tracing::warn!(host = %log.host, path = %log.path, error = %detail, "request failed");
                 } else {
-                    tracing::debug!(host = %log.host, path = %log.path, %error, "request refused");
+                    tracing::debug!(host = %log.host, path = %log.path, error = %detail, "request refused");
                 }
                 error_response(&error)
             }
@@ -147,15 +148,21 @@ impl Gateway {
             .get(object.region)
             .ok_or(GatewayError::Internal("route to unknown region"))?;
         let conditional = Conditional::from_request(request.headers());
-        let mut response = upstream
-            .fetch(method.clone(), &object.key, conditional.forward.clone())
-            .await?;
-        if response.status() == StatusCode::PRECONDITION_FAILED && conditional.if_range_translated {
-            // If-Range did not match: the client gets the whole, current object (RFC 9110 §13.1.5).
-            let mut forward = conditional.forward;
+        // Only a translated If-Range can need a second request: the whole object, unconditional.
+        let whole_object = conditional.if_range_translated.then(|| {
+            let mut forward = conditional.forward.clone();
             forward.remove(RANGE);
             forward.remove(IF_MATCH);
             forward.remove(IF_UNMODIFIED_SINCE);
+            forward
+        });
+        let mut response = upstream
+            .fetch(method.clone(), &object.key, conditional.forward)
+            .await?;
+        if response.status() == StatusCode::PRECONDITION_FAILED
+            && let Some(forward) = whole_object
+        {
+            // If-Range did not match: the client gets the whole, current object (RFC 9110 §13.1.5).
             response = upstream.fetch(method.clone(), &object.key, forward).await?;
         }
         log.upstream_status = Some(response.status().as_u16());
@@ -183,11 +190,13 @@ impl Conditional {
             && forward.contains_key(RANGE)
         {
             let bytes = if_range.as_bytes();
-            if bytes.starts_with(b"W/") {
-                // A weak validator never matches If-Range: send the whole object.
+            let has_precondition =
+                forward.contains_key(IF_MATCH) || forward.contains_key(IF_UNMODIFIED_SINCE);
+            if bytes.starts_with(b"W/") || has_precondition {
+                // A weak validator never matches If-Range; and next to the client's own
+                // precondition it cannot be translated. Ignoring Range is always correct.
                 forward.remove(RANGE);
-            } else if !forward.contains_key(IF_MATCH) && !forward.contains_key(IF_UNMODIFIED_SINCE)
-            {
+            } else {
                 let name = if bytes.starts_with(b"\"") {
                     IF_MATCH
                 } else {

@@ -105,6 +105,19 @@ async fn if_range_match_gives_range_and_mismatch_gives_whole_object() {
         assert_eq!(miss.body, full, "{validator}");
         assert_eq!(miss.header("content-range"), None);
     }
+    // Next to the client's own If-Match, If-Range cannot be delegated: Range is ignored.
+    let both = h
+        .get(
+            &path,
+            &[
+                ("range", "bytes=0-9"),
+                ("if-range", &etag),
+                ("if-match", &etag),
+            ],
+        )
+        .await;
+    assert_eq!(both.status, StatusCode::OK);
+    assert_eq!(both.body, full);
 }
 
 #[tokio::test]

@@ -214,3 +214,48 @@ fn random_suffix() -> String {
     );
     format!("{:016x}", hasher.finish())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, CorsConfig, Timeouts};
+
+    #[test]
+    fn rendered_toml_parses_back() {
+        let regions: Vec<RegionConfig> = REGIONS
+            .iter()
+            .map(|spec| RegionConfig {
+                name: spec.name.into(),
+                hosts: vec![spec.host.into()],
+                endpoint: "http://127.0.0.1:9000".parse().unwrap(),
+                bucket: spec.bucket.into(),
+                signing_region: spec.signing_region.into(),
+                addressing: Addressing::Path,
+                key_prefix: "a b/".into(),
+                provider: spec.provider,
+                connect_to: None,
+                credentials: StaticCredentials {
+                    access_key_id: "K".into(),
+                    secret_access_key: "S\"q".into(),
+                    session_token: None,
+                },
+            })
+            .collect();
+        let config = Config {
+            http_listeners: vec!["127.0.0.1:0".parse().unwrap()],
+            https_listeners: Vec::new(),
+            certificates: Vec::new(),
+            shutdown_grace: std::time::Duration::from_millis(1500),
+            cors: CorsConfig::default(),
+            timeouts: Timeouts::default(),
+            regions,
+        };
+        let text = render_toml(&config);
+        let parsed = Config::parse("rendered", &text, &|_| None).unwrap();
+        assert_eq!(parsed.regions.len(), 4);
+        assert_eq!(parsed.regions[1].provider, Provider::Scaleway);
+        assert_eq!(parsed.regions[0].key_prefix, "a b/");
+        assert_eq!(parsed.regions[0].credentials.secret_access_key, "S\"q");
+        assert_eq!(parsed.shutdown_grace, config.shutdown_grace);
+    }
+}
