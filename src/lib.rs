@@ -18,6 +18,7 @@ pub mod cors;
 pub mod demo;
 pub mod error;
 pub mod policy;
+pub mod range;
 pub mod route;
 pub mod server;
 pub mod service;
