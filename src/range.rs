@@ -198,6 +198,9 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    type Pairs = &'static [(&'static str, &'static str)];
+    type Resolved = Result<(u64, u64), Unsatisfiable>;
+
     #[test]
     fn parses_range_forms() {
         let cases: &[(&str, Option<ByteRange>)] = &[
@@ -226,7 +229,7 @@ mod tests {
     #[test]
     fn resolves_within_the_object() {
         let len = 1000;
-        let cases: &[(ByteRange, Result<(u64, u64), Unsatisfiable>)] = &[
+        let cases: &[(ByteRange, Resolved)] = &[
             (ByteRange::FromTo(0, 0), Ok((0, 1))),
             (ByteRange::FromTo(0, 5000), Ok((0, 1000))),
             (ByteRange::FromTo(999, 999), Ok((999, 1000))),
@@ -260,10 +263,10 @@ mod tests {
             etag: "\"abc\"",
             last_modified: Some(modified),
         };
-        let earlier = "Sun, 29 Nov 2026 00:00:00 GMT";
-        let same = "Sun, 29 Nov 2026 01:00:00 GMT";
+        const EARLIER: &str = "Sun, 29 Nov 2026 00:00:00 GMT";
+        const SAME: &str = "Sun, 29 Nov 2026 01:00:00 GMT";
         use Precondition::*;
-        let cases: &[(&[(&'static str, &str)], Precondition)] = &[
+        let cases: &[(Pairs, Precondition)] = &[
             (&[], Proceed),
             (&[("if-none-match", "\"abc\"")], NotModified),
             (&[("if-none-match", "W/\"abc\"")], NotModified),
@@ -271,17 +274,17 @@ mod tests {
             (&[("if-none-match", "*")], NotModified),
             (&[("if-none-match", "\"x\"")], Proceed),
             (
-                &[("if-none-match", "\"x\""), ("if-modified-since", same)],
+                &[("if-none-match", "\"x\""), ("if-modified-since", SAME)],
                 Proceed,
             ),
-            (&[("if-modified-since", same)], NotModified),
-            (&[("if-modified-since", earlier)], Proceed),
+            (&[("if-modified-since", SAME)], NotModified),
+            (&[("if-modified-since", EARLIER)], Proceed),
             (&[("if-match", "\"abc\"")], Proceed),
             (&[("if-match", "W/\"abc\"")], Failed),
             (&[("if-match", "\"x\"")], Failed),
             (&[("if-match", "*")], Proceed),
-            (&[("if-unmodified-since", earlier)], Failed),
-            (&[("if-unmodified-since", same)], Proceed),
+            (&[("if-unmodified-since", EARLIER)], Failed),
+            (&[("if-unmodified-since", SAME)], Proceed),
             (
                 &[("if-match", "\"x\""), ("if-none-match", "\"abc\"")],
                 Failed,
@@ -300,7 +303,7 @@ mod tests {
             last_modified: Some(modified),
         };
         let range = Some(ByteRange::FromTo(0, 9));
-        let cases: &[(&[(&'static str, &str)], Option<ByteRange>)] = &[
+        let cases: &[(Pairs, Option<ByteRange>)] = &[
             (&[("range", "bytes=0-9")], range),
             (&[("range", "bytes=0-9"), ("if-range", "\"abc\"")], range),
             (&[("range", "bytes=0-9"), ("if-range", "\"x\"")], None),
