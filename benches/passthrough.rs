@@ -20,7 +20,7 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 use bytes::Bytes;
-use s3edge::config::{Config, CorsConfig, RegionConfig, Timeouts};
+use s3edge::config::{Config, RegionConfig};
 use s3edge::demo::{self, Backends};
 use s3edge::service::Gateway;
 
@@ -144,15 +144,7 @@ fn main() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let backends = runtime.block_on(Backends::start(dir.path())).unwrap();
-    let mut config = Config {
-        http_listeners: vec!["127.0.0.1:0".parse().unwrap()],
-        https_listeners: Vec::new(),
-        certificates: Vec::new(),
-        shutdown_grace: Duration::from_secs(1),
-        cors: CorsConfig::default(),
-        timeouts: Timeouts::default(),
-        regions: backends.regions.clone(),
-    };
+    let mut config = Config::for_regions(backends.regions.clone(), "127.0.0.1:0".parse().unwrap());
     let small_key = format!("{}/bench-small.jpg", demo::SAMPLE_ACCOUNT);
     let large_key = format!("{}/bench-large.mp4", demo::SAMPLE_ACCOUNT);
     runtime.block_on(async {

@@ -9,6 +9,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::mpsc;
+
+use crate::cache::fill::FillFailed;
 
 /// The body of every response the gateway sends.
 #[derive(Debug)]
@@ -21,8 +24,13 @@ pub struct ResponseBody {
 enum Kind {
     Empty,
     Full(Option<Bytes>),
+    Parts(std::collections::VecDeque<Bytes>),
+    Channel(mpsc::Receiver<Result<Bytes, FillFailed>>),
     Upstream(Incoming),
 }
+
+/// Why a body stream ended early.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ResponseBody {
     /// No body (HEAD, 204, 304).
@@ -37,6 +45,22 @@ impl ResponseBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         ResponseBody {
             kind: Kind::Full(Some(bytes.into())),
+            log: None,
+        }
+    }
+
+    /// Cached pieces, sent in order without copying.
+    pub fn parts(parts: Vec<Bytes>) -> Self {
+        ResponseBody {
+            kind: Kind::Parts(parts.into()),
+            log: None,
+        }
+    }
+
+    /// Pieces produced by a task; an `Err` cuts the response (never a short "complete" body).
+    pub fn channel(rx: mpsc::Receiver<Result<Bytes, FillFailed>>) -> Self {
+        ResponseBody {
+            kind: Kind::Channel(rx),
             log: None,
         }
     }
@@ -60,17 +84,23 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.kind {
+        let polled: Poll<Option<Result<Frame<Bytes>, BodyError>>> = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Parts(parts) => Poll::Ready(parts.pop_front().map(|b| Ok(Frame::data(b)))),
+            Kind::Channel(rx) => rx
+                .poll_recv(cx)
+                .map(|piece| piece.map(|r| r.map(Frame::data).map_err(BodyError::from))),
+            Kind::Upstream(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(BodyError::from))),
         };
         if let Some(log) = this.log.as_mut() {
             match &polled {
@@ -79,11 +109,7 @@ impl Body for ResponseBody {
                         log.bytes += data.len() as u64;
                     }
                     // hyper stops polling once the known length is reached.
-                    log.complete = match &this.kind {
-                        Kind::Empty => true,
-                        Kind::Full(bytes) => bytes.is_none(),
-                        Kind::Upstream(body) => body.is_end_stream(),
-                    };
+                    log.complete = this.kind.is_end_stream();
                 }
                 Poll::Ready(Some(Err(e))) => log.failure = Some(e.to_string()),
                 Poll::Ready(None) => log.complete = true,
@@ -94,18 +120,29 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Empty => true,
-            Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream(body) => body.is_end_stream(),
-        }
+        self.kind.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Parts(parts) => SizeHint::with_exact(parts.iter().map(|b| b.len() as u64).sum()),
+            Kind::Channel(_) => SizeHint::default(),
             Kind::Upstream(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Kind {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Kind::Empty => true,
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Parts(parts) => parts.is_empty(),
+            // Ends when the producer closes the channel; hyper knows the length from headers.
+            Kind::Channel(_) => false,
+            Kind::Upstream(body) => body.is_end_stream(),
         }
     }
 }

@@ -40,6 +40,58 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// The regions, in the order they appear in the file (sorted by name).
     pub regions: Vec<RegionConfig>,
+    /// The in-memory edge cache.
+    pub cache: CacheConfig,
+    /// The admin listener (purge, health, metrics), if any.
+    pub admin: Option<AdminConfig>,
+}
+
+/// The in-memory edge cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Off: every request goes to the backend.
+    pub enabled: bool,
+    /// Bytes of bodies and metadata kept, at most.
+    pub capacity: u64,
+    /// Objects larger than this are streamed through, not stored.
+    pub max_object_size: u64,
+    /// Objects are stored as aligned chunks of this size.
+    pub chunk_size: u64,
+    /// How long metadata is fresh before it is revalidated.
+    pub ttl: Duration,
+    /// After the TTL, serve stale while one background revalidation runs.
+    pub stale_while_revalidate: Duration,
+    /// After the TTL, serve stale when the backend fails.
+    pub stale_if_error: Duration,
+    /// How long a backend 404 is remembered.
+    pub negative_ttl: Duration,
+    /// `Cache-Control` sent to clients.
+    pub cache_control: String,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            capacity: 512 * 1024 * 1024,
+            max_object_size: 4 * 1024 * 1024 * 1024,
+            chunk_size: 1024 * 1024,
+            ttl: Duration::from_secs(60),
+            stale_while_revalidate: Duration::from_secs(30),
+            stale_if_error: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(10),
+            cache_control: "max-age=60".into(),
+        }
+    }
+}
+
+/// The admin listener.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Where it listens; loopback unless a token is set.
+    pub listen: SocketAddr,
+    /// Bearer token required on purge requests (required off loopback).
+    pub token: Option<String>,
 }
 
 /// One TLS certificate chain and key, and the host names it serves.
@@ -189,6 +241,35 @@ struct RawConfig {
     timeouts: RawTimeouts,
     #[serde(default)]
     regions: BTreeMap<String, RawRegion>,
+    #[serde(default)]
+    cache: RawCache,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    enabled: Option<bool>,
+    capacity: Option<bytesize::ByteSize>,
+    max_object_size: Option<bytesize::ByteSize>,
+    chunk_size: Option<bytesize::ByteSize>,
+    #[serde(default, with = "humantime_serde")]
+    ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    stale_while_revalidate: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    stale_if_error: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    negative_ttl: Option<Duration>,
+    cache_control: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+    token: Option<String>,
+    token_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -273,6 +354,21 @@ struct RawCredentials {
 }
 
 impl Config {
+    /// Defaults for everything but the regions, with one plain-HTTP listener (demo, tests).
+    pub fn for_regions(regions: Vec<RegionConfig>, http: SocketAddr) -> Config {
+        Config {
+            http_listeners: vec![http],
+            https_listeners: Vec::new(),
+            certificates: Vec::new(),
+            shutdown_grace: Duration::from_secs(10),
+            cors: CorsConfig::default(),
+            timeouts: Timeouts::default(),
+            regions,
+            cache: CacheConfig::default(),
+            admin: None,
+        }
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
@@ -368,7 +464,11 @@ impl Validator<'_> {
             regions.push(self.region(name, region)?);
         }
         self.unique_hosts(&regions)?;
+        let cache = self.cache(raw.cache)?;
+        let admin = raw.admin.map(|a| self.admin(a)).transpose()?;
         Ok(Config {
+            cache,
+            admin,
             http_listeners,
             https_listeners,
             certificates,
@@ -377,6 +477,61 @@ impl Validator<'_> {
             timeouts,
             regions,
         })
+    }
+
+    fn cache(&self, raw: RawCache) -> Result<CacheConfig, ConfigError> {
+        let d = CacheConfig::default();
+        let size = |v: Option<bytesize::ByteSize>, default: u64| v.map_or(default, |b| b.as_u64());
+        let ttl = raw.ttl.unwrap_or(d.ttl);
+        let cache = CacheConfig {
+            enabled: raw.enabled.unwrap_or(d.enabled),
+            capacity: size(raw.capacity, d.capacity),
+            max_object_size: size(raw.max_object_size, d.max_object_size),
+            chunk_size: size(raw.chunk_size, d.chunk_size),
+            ttl,
+            stale_while_revalidate: raw.stale_while_revalidate.unwrap_or(d.stale_while_revalidate),
+            stale_if_error: raw.stale_if_error.unwrap_or(d.stale_if_error),
+            negative_ttl: raw.negative_ttl.unwrap_or(d.negative_ttl),
+            cache_control: raw
+                .cache_control
+                .unwrap_or_else(|| format!("max-age={}", ttl.as_secs())),
+        };
+        if !(64 * 1024..=64 * 1024 * 1024).contains(&cache.chunk_size) {
+            return Err(self.err("cache.chunk_size", "must be between 64 KiB and 64 MiB"));
+        }
+        if cache.enabled && cache.capacity < cache.chunk_size * 4 {
+            return Err(self.err("cache.capacity", "must hold at least four chunks"));
+        }
+        if http::HeaderValue::from_str(&cache.cache_control).is_err() {
+            return Err(self.err("cache.cache_control", "not a valid header value"));
+        }
+        Ok(cache)
+    }
+
+    fn admin(&self, raw: RawAdmin) -> Result<AdminConfig, ConfigError> {
+        let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+            self.err("admin.listen", format!("`{}` is not an IP:port address", raw.listen))
+        })?;
+        let token = match (raw.token, raw.token_env) {
+            (Some(_), Some(_)) => {
+                return Err(self.err("admin.token", "set either token or token_env, not both"));
+            }
+            (Some(t), None) => Some(t),
+            (None, Some(var)) => Some((self.env)(&var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                self.err("admin.token_env", format!("environment variable {var} is not set"))
+            })?),
+            (None, None) => None,
+        };
+        if token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(self.err("admin.token", "use at least 16 characters"));
+        }
+        if !listen.ip().is_loopback() && token.is_none() {
+            return Err(self.err(
+                "admin.token",
+                "required when admin.listen is not a loopback address",
+            ));
+        }
+        Ok(AdminConfig { listen, token })
     }
 
     fn addrs(&self, key: &str, values: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {

@@ -46,12 +46,16 @@ pub enum GatewayError {
     /// A bug or an impossible state; never caused by input.
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// The error of a fetch shared by collapsed requests.
+    #[error(transparent)]
+    Shared(std::sync::Arc<GatewayError>),
 }
 
 impl GatewayError {
     /// The status the client sees.
     pub fn status(&self) -> StatusCode {
         match self {
+            GatewayError::Shared(inner) => inner.status(),
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::BadPath(_) => StatusCode::BAD_REQUEST,
@@ -69,6 +73,7 @@ impl GatewayError {
     /// The short body the client sees: fixed text, never backend detail.
     pub fn public_message(&self) -> &'static str {
         match self {
+            GatewayError::Shared(inner) => inner.public_message(),
             GatewayError::MethodNotAllowed => "method not allowed\n",
             GatewayError::NotFound => "not found\n",
             GatewayError::BadPath(_) => "bad request\n",

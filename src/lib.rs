@@ -4,15 +4,20 @@
 //! - [`server`]: listeners (plain HTTP, HTTPS with SNI, HTTP/1.1 and HTTP/2), graceful shutdown.
 //! - [`service`]: one request through its phases: method → route → upstream → response → CORS.
 //! - [`route`]: Host and path → a typed [`route::ObjectRef`]; the only URL parser.
+//! - [`cache`]: the in-memory edge cache: metadata, chunks, collapsed fetches, freshness.
+//! - [`range`]: Range, If-Range and precondition arithmetic.
 //! - [`upstream`]: per-region pooled client, SigV4 signing, status mapping.
 //! - [`body`]: the one response body type, and the access log written when it ends.
 //! - [`cors`]: CORS headers and preflights.
 //! - [`error`]: the one request-path error type and its responses.
 //! - [`config`]: TOML → validated [`config::Config`].
 //! - [`policy`]: storage class and encryption of writes.
+//! - [`admin`]: health, metrics and purge on a separate (loopback) listener.
 //! - [`demo`]: embedded S3 backends and a sample recording (`s3edge demo`, tests).
 
+pub mod admin;
 pub mod body;
+pub mod cache;
 pub mod config;
 pub mod cors;
 pub mod demo;
@@ -66,6 +71,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), error::GatewayError> {
     let gateway = Gateway::new(config)?;
+    let (admin_stop, admin_stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(admin) = &config.admin {
+        let listener = bind_addr(admin.listen)
+            .await
+            .map_err(|_| error::GatewayError::Internal("cannot bind the admin listener"))?;
+        tracing::info!(addr = %admin.listen, "admin listening");
+        tokio::spawn(admin::serve(
+            listener,
+            gateway.clone(),
+            admin.token.clone(),
+            admin_stop_rx,
+        ));
+    }
     for listener in &listeners {
         if let Ok(addr) = listener.tcp.local_addr() {
             let scheme = if listener.tls.is_some() {
@@ -77,6 +95,7 @@ pub async fn run(
         }
     }
     server::serve(gateway, listeners, config.shutdown_grace, shutdown).await;
+    let _ = admin_stop.send(true);
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use s3edge::config::{Config, CorsConfig, Timeouts};
+use s3edge::config::Config;
 use s3edge::demo;
 use s3edge::route::FileKind;
 use s3edge::service::Gateway;
@@ -121,15 +121,8 @@ async fn run_demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<(
         }
     };
     let backends = demo::Backends::start(&root).await?;
-    let config = Config {
-        http_listeners: vec![listen],
-        https_listeners: Vec::new(),
-        certificates: Vec::new(),
-        shutdown_grace: Duration::from_secs(5),
-        cors: CorsConfig::default(),
-        timeouts: Timeouts::default(),
-        regions: backends.regions.clone(),
-    };
+    let mut config = Config::for_regions(backends.regions.clone(), listen);
+    config.shutdown_grace = Duration::from_secs(5);
     let gateway = Gateway::new(&config)?;
     demo::upload_sample(&gateway, &config.regions).await?;
     let listeners = s3edge::bind(&config).await?;

@@ -13,6 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use hyper::body::Incoming;
 
 use crate::body::{AccessLog, ResponseBody};
+use crate::cache::{CACHE_STATUS, Cache, Served};
 use crate::config::Config;
 use crate::cors::{self, Cors};
 use crate::error::GatewayError;
@@ -45,7 +46,9 @@ struct Inner {
     /// Host and path → object.
     router: Router,
     /// One backend per region, indexed like the router's regions.
-    upstreams: Vec<Upstream>,
+    upstreams: Vec<Arc<Upstream>>,
+    /// The edge cache, unless disabled.
+    cache: Option<Cache>,
     /// Region names, for the access log.
     region_names: Vec<String>,
     /// CORS header values.
@@ -72,14 +75,16 @@ impl Gateway {
         let upstreams = config
             .regions
             .iter()
-            .map(|r| Upstream::new(r, config.timeouts))
+            .map(|r| Upstream::new(r, config.timeouts).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let cache = config.cache.enabled.then(|| Cache::new(&config.cache));
         let cors =
             Cors::new(&config.cors).map_err(|_| GatewayError::Internal("invalid cors header"))?;
         Ok(Gateway {
             inner: Arc::new(Inner {
                 router,
                 upstreams,
+                cache,
                 region_names: config.regions.iter().map(|r| r.name.clone()).collect(),
                 cors,
             }),
@@ -88,8 +93,18 @@ impl Gateway {
 
     /// The upstream of a region, by name (write path and tests).
     pub fn upstream(&self, region: &str) -> Option<&Upstream> {
-        let index = self.inner.region_names.iter().position(|n| n == region)?;
-        self.inner.upstreams.get(index)
+        let index = self.region_index(region)?;
+        self.inner.upstreams.get(index).map(AsRef::as_ref)
+    }
+
+    /// The index of a region in the region table.
+    pub fn region_index(&self, region: &str) -> Option<usize> {
+        self.inner.region_names.iter().position(|n| n == region)
+    }
+
+    /// The edge cache, when enabled.
+    pub fn cache(&self) -> Option<&Cache> {
+        self.inner.cache.as_ref()
     }
 
     /// Answers one request; never fails, errors become short responses.
@@ -147,6 +162,13 @@ impl Gateway {
             .upstreams
             .get(object.region)
             .ok_or(GatewayError::Internal("route to unknown region"))?;
+        let mut bypassed = false;
+        if let Some(cache) = &self.inner.cache {
+            match cache.serve(upstream, &object, method, request.headers()).await? {
+                Served::Response(response) => return Ok(response),
+                Served::Bypass => bypassed = true,
+            }
+        }
         let conditional = Conditional::from_request(request.headers());
         // Only a translated If-Range can need a second request: the whole object, unconditional.
         let whole_object = conditional.if_range_translated.then(|| {
@@ -166,7 +188,14 @@ impl Gateway {
             response = upstream.fetch(method.clone(), &object.key, forward).await?;
         }
         log.upstream_status = Some(response.status().as_u16());
-        relay(method, &object, response).await
+        let mut response = relay(method, &object, response).await?;
+        if bypassed {
+            response.headers_mut().insert(
+                CACHE_STATUS,
+                HeaderValue::from_static("s3edge; fwd=bypass; detail=too-large"),
+            );
+        }
+        Ok(response)
     }
 
     fn options(&self, headers: &HeaderMap) -> Result<Response<ResponseBody>, GatewayError> {
@@ -274,6 +303,14 @@ async fn relay(
     *reply.status_mut() = status;
     *reply.headers_mut() = headers;
     Ok(reply)
+}
+
+/// A Content-Type that says nothing (the file kind decides instead).
+pub fn is_generic_type(value: &HeaderValue) -> bool {
+    matches!(
+        value.as_bytes(),
+        b"application/octet-stream" | b"binary/octet-stream" | b""
+    )
 }
 
 /// The Host the client addressed: the URI authority (HTTP/2, absolute-form) or `Host`.

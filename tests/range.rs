@@ -105,7 +105,6 @@ async fn if_range_match_gives_range_and_mismatch_gives_whole_object() {
         assert_eq!(miss.body, full, "{validator}");
         assert_eq!(miss.header("content-range"), None);
     }
-    // Next to the client's own If-Match, If-Range cannot be delegated: Range is ignored.
     let both = h
         .get(
             &path,
@@ -114,6 +113,25 @@ async fn if_range_match_gives_range_and_mismatch_gives_whole_object() {
                 ("if-range", &etag),
                 ("if-match", &etag),
             ],
+        )
+        .await;
+    // Both match: the range (the cache evaluates both exactly).
+    assert_eq!(both.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(both.body, full.slice(0..10));
+}
+
+#[tokio::test]
+async fn if_range_next_to_if_match_without_cache_ignores_range() {
+    // Passing through, If-Range next to the client's own If-Match cannot be delegated to the
+    // backend: Range is ignored, which RFC 9110 allows.
+    let h = Harness::start_with(|c| c.cache.enabled = false).await;
+    let path = sample_path("us2", FileKind::Processed);
+    let full = demo::sample_file(FileKind::Processed);
+    let etag = h.get(&path, &[]).await.header("etag").unwrap().to_string();
+    let both = h
+        .get(
+            &path,
+            &[("range", "bytes=0-9"), ("if-range", &etag), ("if-match", &etag)],
         )
         .await;
     assert_eq!(both.status, StatusCode::OK);

@@ -176,6 +176,29 @@ pub fn render_toml(config: &crate::config::Config) -> String {
         config.timeouts.connect.as_millis(),
         config.timeouts.response_head.as_millis()
     );
+    let c = &config.cache;
+    let _ = writeln!(
+        out,
+        "[cache]\nenabled = {}\ncapacity = {}\nmax_object_size = {}\nchunk_size = {}\n\
+         ttl = \"{}ms\"\nstale_while_revalidate = \"{}ms\"\nstale_if_error = \"{}ms\"\n\
+         negative_ttl = \"{}ms\"\ncache_control = {:?}\n",
+        c.enabled,
+        c.capacity,
+        c.max_object_size,
+        c.chunk_size,
+        c.ttl.as_millis(),
+        c.stale_while_revalidate.as_millis(),
+        c.stale_if_error.as_millis(),
+        c.negative_ttl.as_millis(),
+        c.cache_control,
+    );
+    if let Some(admin) = &config.admin {
+        let _ = writeln!(out, "[admin]\nlisten = \"{}\"", admin.listen);
+        if let Some(token) = &admin.token {
+            let _ = writeln!(out, "token = {token:?}");
+        }
+        out.push('\n');
+    }
     for r in &config.regions {
         let provider = match r.provider {
             Provider::Aws => "aws",
@@ -218,7 +241,7 @@ fn random_suffix() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, CorsConfig, Timeouts};
+    use crate::config::Config;
 
     #[test]
     fn rendered_toml_parses_back() {
@@ -241,15 +264,8 @@ mod tests {
                 },
             })
             .collect();
-        let config = Config {
-            http_listeners: vec!["127.0.0.1:0".parse().unwrap()],
-            https_listeners: Vec::new(),
-            certificates: Vec::new(),
-            shutdown_grace: std::time::Duration::from_millis(1500),
-            cors: CorsConfig::default(),
-            timeouts: Timeouts::default(),
-            regions,
-        };
+        let mut config = Config::for_regions(regions, "127.0.0.1:0".parse().unwrap());
+        config.shutdown_grace = std::time::Duration::from_millis(1500);
         let text = render_toml(&config);
         let parsed = Config::parse("rendered", &text, &|_| None).unwrap();
         assert_eq!(parsed.regions.len(), 4);
@@ -257,5 +273,7 @@ mod tests {
         assert_eq!(parsed.regions[0].key_prefix, "a b/");
         assert_eq!(parsed.regions[0].credentials.secret_access_key, "S\"q");
         assert_eq!(parsed.shutdown_grace, config.shutdown_grace);
+        assert_eq!(parsed.cache.capacity, config.cache.capacity);
+        assert_eq!(parsed.cache.ttl, config.cache.ttl);
     }
 }

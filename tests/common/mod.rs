@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use s3edge::config::{Config, CorsConfig, Timeouts};
+use s3edge::config::Config;
 use s3edge::demo::{self, Backends};
 use s3edge::route::FileKind;
 use s3edge::server::Listener;
@@ -74,15 +74,7 @@ pub struct Harness {
 
 /// A config for the demo regions with one plain listener.
 pub fn config_for(backends: &Backends) -> Config {
-    Config {
-        http_listeners: vec!["127.0.0.1:0".parse().unwrap()],
-        https_listeners: Vec::new(),
-        certificates: Vec::new(),
-        shutdown_grace: Duration::from_secs(5),
-        cors: CorsConfig::default(),
-        timeouts: Timeouts::default(),
-        regions: backends.regions.clone(),
-    }
+    Config::for_regions(backends.regions.clone(), "127.0.0.1:0".parse().unwrap())
 }
 
 impl Harness {

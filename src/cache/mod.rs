@@ -1,0 +1,503 @@
+//! The CDN-style edge cache: metadata with freshness windows, aligned body chunks, collapsed
+//! streaming fetches, conditionals and ranges answered from memory.
+//!
+//! - [`store`]: the byte-bounded moka store of metadata and chunks.
+//! - [`fill`]: collapsed upstream fetches (probes for metadata, runs of chunks).
+//! - [`metrics`]: counters.
+//!
+//! A request: metadata (fresh, stale-while-revalidate, revalidated, or probed) → client
+//! preconditions and Range against it → a body assembled from the chunks it covers, stored or
+//! followed while they arrive.
+
+pub mod fill;
+pub mod metrics;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{
+    ACCEPT_RANGES, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
+    LAST_MODIFIED, RANGE,
+};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use tokio::sync::mpsc;
+
+use crate::body::ResponseBody;
+use crate::config::CacheConfig;
+use crate::error::GatewayError;
+use crate::range::{self, Precondition, Span, Validators};
+use crate::route::{FileKind, ObjectRef};
+use crate::upstream::Upstream;
+use fill::{ChunkSource, FillFailed, Inflight};
+use metrics::CacheMetrics;
+use store::{ChunkKey, MetaState, ObjectKey, ObjectMeta, Store, StoredMeta};
+
+/// The standard `Cache-Status` header (RFC 9211).
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// At most this many stored chunks are gathered without a producer task.
+const DIRECT_CHUNKS: u64 = 16;
+
+/// The edge cache; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    inner: Arc<CacheInner>,
+}
+
+/// Shared state of the cache and its fetch tasks.
+#[derive(Debug)]
+pub struct CacheInner {
+    store: Store,
+    inflight: Inflight,
+    metrics: Arc<CacheMetrics>,
+    config: CacheConfig,
+    chunk_size: u64,
+    max_object_size: u64,
+    cache_control: HeaderValue,
+    negative_cache_control: HeaderValue,
+}
+
+/// What the cache did for a request, for `Cache-Status`.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    /// Fresh; seconds of freshness left.
+    Hit(i64),
+    /// Stale, served while a background revalidation runs.
+    StaleWhileRevalidate(i64),
+    /// Stale, served because the backend failed.
+    StaleIfError(i64),
+    /// The backend confirmed the stored copy (304).
+    Revalidated,
+    /// Fetched from the backend.
+    Miss,
+}
+
+impl Outcome {
+    fn header(self) -> HeaderValue {
+        let text = match self {
+            Outcome::Hit(ttl) => format!("s3edge; hit; ttl={ttl}"),
+            Outcome::StaleWhileRevalidate(ttl) => {
+                format!("s3edge; hit; ttl={ttl}; detail=stale-while-revalidate")
+            }
+            Outcome::StaleIfError(ttl) => format!("s3edge; hit; ttl={ttl}; detail=stale-if-error"),
+            Outcome::Revalidated => "s3edge; fwd=stale; fwd-status=304; stored".into(),
+            Outcome::Miss => "s3edge; fwd=miss; stored".into(),
+        };
+        HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("s3edge"))
+    }
+}
+
+/// The cache's answer.
+pub enum Served {
+    /// A response built from the cache.
+    Response(Response<ResponseBody>),
+    /// Too large to cache: relay it from the backend.
+    Bypass,
+}
+
+/// A snapshot of the cache's counters and size.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheStats {
+    /// Fresh hits.
+    pub hits: u64,
+    /// Misses (metadata fetched).
+    pub misses: u64,
+    /// Stale serves.
+    pub stale: u64,
+    /// Revalidations sent.
+    pub revalidations: u64,
+    /// Revalidations answered 304.
+    pub revalidated_unchanged: u64,
+    /// Requests that joined another's fetch.
+    pub collapsed: u64,
+    /// Upstream requests sent by the cache.
+    pub upstream_fetches: u64,
+    /// Chunks stored.
+    pub chunks_stored: u64,
+    /// Evictions.
+    pub evictions: u64,
+    /// Negative-cache hits.
+    pub negative_hits: u64,
+    /// Too-large objects relayed.
+    pub bypassed: u64,
+    /// Failed chunk fetches.
+    pub fetch_failures: u64,
+    /// Weighted bytes held.
+    pub bytes: u64,
+    /// Entries held.
+    pub entries: u64,
+}
+
+impl Cache {
+    /// A cache with the given settings (assumed validated).
+    pub fn new(config: &CacheConfig) -> Cache {
+        let metrics = Arc::new(CacheMetrics::default());
+        let header = |text: &str| HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("no-store"));
+        Cache {
+            inner: Arc::new(CacheInner {
+                store: Store::new(config.capacity, metrics.clone()),
+                inflight: Inflight::default(),
+                metrics,
+                chunk_size: config.chunk_size.max(1),
+                max_object_size: config.max_object_size,
+                cache_control: header(&config.cache_control),
+                negative_cache_control: header(&format!("max-age={}", config.negative_ttl.as_secs())),
+                config: config.clone(),
+            }),
+        }
+    }
+
+    /// Answers a GET or HEAD for `object` from the cache, fetching what is missing.
+    pub async fn serve(
+        &self,
+        upstream: &Arc<Upstream>,
+        object: &ObjectRef,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<Served, GatewayError> {
+        let key = ObjectKey {
+            region: object.region,
+            key: object.key.clone(),
+        };
+        let start = first_wanted_chunk(headers, self.inner.chunk_size);
+        let (meta, outcome) = self.lookup(upstream, &key, object.kind, start).await?;
+        let age = meta.validated_at.elapsed().as_secs();
+        let found = match &meta.state {
+            MetaState::Missing => {
+                let mut response = short(StatusCode::NOT_FOUND, "not found\n");
+                let h = response.headers_mut();
+                h.insert(CACHE_CONTROL, self.inner.negative_cache_control.clone());
+                h.insert(AGE, HeaderValue::from(age));
+                h.insert(CACHE_STATUS, outcome.header());
+                return Ok(Served::Response(response));
+            }
+            MetaState::Found(found) => found,
+        };
+        if found.length > self.inner.max_object_size {
+            self.inner.metrics.bypassed.inc();
+            return Ok(Served::Bypass);
+        }
+        let validators = Validators {
+            etag: &found.etag,
+            last_modified: found.last_modified_time,
+        };
+        let mut response = match range::evaluate(headers, validators) {
+            Precondition::NotModified => {
+                let mut response = Response::new(ResponseBody::empty());
+                *response.status_mut() = StatusCode::NOT_MODIFIED;
+                response
+            }
+            Precondition::Failed => short(StatusCode::PRECONDITION_FAILED, "precondition failed\n"),
+            Precondition::Proceed => {
+                let whole = Span { start: 0, end: found.length };
+                match range::effective_range(headers, validators).map(|r| r.resolve(found.length)) {
+                    Some(Err(range::Unsatisfiable)) => {
+                        let mut response = short(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+                        let value = format!("bytes */{}", found.length);
+                        if let Ok(value) = HeaderValue::from_str(&value) {
+                            response.headers_mut().insert(CONTENT_RANGE, value);
+                        }
+                        response
+                    }
+                    Some(Ok(span)) => self.file_response(upstream, &key, found, method, span, true).await,
+                    None => self.file_response(upstream, &key, found, method, whole, false).await,
+                }
+            }
+        };
+        let h = response.headers_mut();
+        h.insert(ETAG, found.etag_header.clone());
+        if let Some(modified) = &found.last_modified {
+            h.insert(LAST_MODIFIED, modified.clone());
+        }
+        h.insert(CACHE_CONTROL, self.inner.cache_control.clone());
+        h.insert(AGE, HeaderValue::from(age));
+        h.insert(CACHE_STATUS, outcome.header());
+        Ok(Served::Response(response))
+    }
+
+    /// Fresh metadata, stale within its windows, or from the backend.
+    async fn lookup(
+        &self,
+        upstream: &Arc<Upstream>,
+        key: &ObjectKey,
+        kind: FileKind,
+        start: u64,
+    ) -> Result<(Arc<StoredMeta>, Outcome), GatewayError> {
+        let inner = &self.inner;
+        let config = &inner.config;
+        let Some(meta) = inner.store.meta(key).await else {
+            inner.metrics.misses.inc();
+            let probed = inner.probe(upstream, key, kind, None, start).await;
+            return probed
+                .map(|p| (p.meta, Outcome::Miss))
+                .map_err(GatewayError::Shared);
+        };
+        let found = matches!(meta.state, MetaState::Found(_));
+        let ttl = if found { config.ttl } else { config.negative_ttl };
+        let age = meta.validated_at.elapsed();
+        let left = signed_secs(ttl, age);
+        if age < ttl {
+            if found {
+                inner.metrics.hits.inc();
+            } else {
+                inner.metrics.negative_hits.inc();
+            }
+            return Ok((meta, Outcome::Hit(left)));
+        }
+        if found && age < ttl + config.stale_while_revalidate {
+            inner.metrics.stale.inc();
+            if meta.claim_revalidation() {
+                let cache = inner.clone();
+                let (upstream, key, validator) = (upstream.clone(), key.clone(), meta.clone());
+                tokio::spawn(async move {
+                    if let Err(error) = cache.probe(&upstream, &key, kind, Some(validator), 0).await {
+                        tracing::warn!(key = %key.key, error = %error.detail(), "background revalidation failed");
+                    }
+                });
+            }
+            return Ok((meta, Outcome::StaleWhileRevalidate(left)));
+        }
+        let validator = found.then(|| meta.clone());
+        match inner.probe(upstream, key, kind, validator, start).await {
+            Ok(probed) if probed.unchanged => Ok((probed.meta, Outcome::Revalidated)),
+            Ok(probed) => Ok((probed.meta, Outcome::Miss)),
+            Err(error) if found && age < ttl + config.stale_if_error => {
+                tracing::warn!(key = %key.key, error = %error.detail(), "backend failed: serving stale");
+                inner.metrics.stale.inc();
+                Ok((meta, Outcome::StaleIfError(left)))
+            }
+            Err(error) => Err(GatewayError::Shared(error)),
+        }
+    }
+
+    /// A 200 or 206 of `span`: headers from the metadata, body from the chunks.
+    async fn file_response(
+        &self,
+        upstream: &Arc<Upstream>,
+        key: &ObjectKey,
+        found: &ObjectMeta,
+        method: &Method,
+        span: Span,
+        partial: bool,
+    ) -> Response<ResponseBody> {
+        let body = if method == Method::HEAD || span.is_empty() {
+            ResponseBody::empty()
+        } else {
+            self.body(upstream, key, found, span).await
+        };
+        let mut response = Response::new(body);
+        let h = response.headers_mut();
+        h.insert(CONTENT_TYPE, found.content_type.clone());
+        h.insert(CONTENT_LENGTH, HeaderValue::from(span.len()));
+        h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if partial {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let value = format!("bytes {}-{}/{}", span.start, span.end - 1, found.length);
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert(CONTENT_RANGE, value);
+            }
+        }
+        response
+    }
+
+    /// The bytes of `span`: straight from the store when every chunk is there, otherwise
+    /// from a producer that follows fetches as they arrive.
+    async fn body(
+        &self,
+        upstream: &Arc<Upstream>,
+        key: &ObjectKey,
+        found: &ObjectMeta,
+        span: Span,
+    ) -> ResponseBody {
+        let inner = &self.inner;
+        let (first, last) = (span.start / inner.chunk_size, (span.end - 1) / inner.chunk_size);
+        if last - first < DIRECT_CHUNKS {
+            let mut parts = Vec::with_capacity(usize::try_from(last - first + 1).unwrap_or(1));
+            for index in first..=last {
+                let chunk = inner.store.chunk(&chunk_key(key, found, index)).await;
+                match chunk.and_then(|bytes| slice_chunk(&bytes, index, inner.chunk_size, span)) {
+                    Some(part) => parts.push(part),
+                    None => break,
+                }
+            }
+            if parts.len() as u64 == last - first + 1 {
+                return ResponseBody::parts(parts);
+            }
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let producer = Producer {
+            inner: inner.clone(),
+            upstream: upstream.clone(),
+            key: key.clone(),
+            found: found.clone(),
+            span,
+            tx,
+        };
+        tokio::spawn(producer.run());
+        ResponseBody::channel(rx)
+    }
+
+    /// Drops the cached files of an account, of a recording (`name`: all four files) or one
+    /// file (`file`: `{NAME}{suffix}`) in a region.
+    pub fn purge(&self, region: usize, account: &str, target: PurgeTarget) -> Result<(), GatewayError> {
+        let prefix = format!("{account}/");
+        let matches: Box<dyn Fn(&str) -> bool + Send + Sync> = match target {
+            PurgeTarget::Account => Box::new(move |key: &str| key.starts_with(&prefix)),
+            PurgeTarget::Recording(name) => {
+                let stem = format!("{prefix}{name}");
+                Box::new(move |key: &str| {
+                    key.strip_prefix(&stem)
+                        .is_some_and(|suffix| FileKind::ALL.iter().any(|k| k.suffix() == suffix))
+                })
+            }
+            PurgeTarget::File(file) => {
+                let exact = format!("{prefix}{file}");
+                Box::new(move |key: &str| key == exact)
+            }
+        };
+        self.inner
+            .store
+            .purge(region, matches)
+            .map_err(|_| GatewayError::Internal("cache purge unsupported"))
+    }
+
+    /// Counters and size now.
+    pub fn stats(&self) -> CacheStats {
+        let m = &self.inner.metrics;
+        CacheStats {
+            hits: m.hits.get(),
+            misses: m.misses.get(),
+            stale: m.stale.get(),
+            revalidations: m.revalidations.get(),
+            revalidated_unchanged: m.revalidated_unchanged.get(),
+            collapsed: m.collapsed.get(),
+            upstream_fetches: m.upstream_fetches.get(),
+            chunks_stored: m.chunks_stored.get(),
+            evictions: m.evictions.get(),
+            negative_hits: m.negative_hits.get(),
+            bypassed: m.bypassed.get(),
+            fetch_failures: m.fetch_failures.get(),
+            bytes: self.inner.store.weighted_size(),
+            entries: self.inner.store.entry_count(),
+        }
+    }
+
+    /// Applies pending evictions and purges now.
+    pub async fn sync(&self) {
+        self.inner.store.sync().await;
+    }
+}
+
+/// What a purge drops.
+#[derive(Debug, Clone)]
+pub enum PurgeTarget {
+    /// Every file of the account.
+    Account,
+    /// The four files of one recording.
+    Recording(String),
+    /// One file, `{NAME}{suffix}`.
+    File(String),
+}
+
+/// Streams a span chunk by chunk into the response channel; stops when the client leaves.
+struct Producer {
+    inner: Arc<CacheInner>,
+    upstream: Arc<Upstream>,
+    key: ObjectKey,
+    found: ObjectMeta,
+    span: Span,
+    tx: mpsc::Sender<Result<Bytes, FillFailed>>,
+}
+
+impl Producer {
+    async fn run(self) {
+        let chunk = self.inner.chunk_size;
+        let (first, last) = (self.span.start / chunk, (self.span.end - 1) / chunk);
+        for index in first..=last {
+            let chunk_start = index * chunk;
+            let lo = self.span.start.max(chunk_start) - chunk_start;
+            let hi = self.span.end.min(chunk_start + chunk) - chunk_start;
+            let source = self.inner.chunk_source(&self.upstream, &self.key, &self.found, index).await;
+            let sent = match source {
+                ChunkSource::Stored(bytes) => match slice_chunk(&bytes, index, chunk, self.span) {
+                    Some(part) => self.tx.send(Ok(part)).await.is_ok(),
+                    None => self.fail().await,
+                },
+                ChunkSource::Filling(mut reader) => {
+                    let mut position = 0u64;
+                    let mut alive = true;
+                    while alive && position < hi {
+                        match reader.next().await {
+                            Some(Ok(piece)) => {
+                                let (from, to) = (position, position + piece.len() as u64);
+                                position = to;
+                                let (a, b) = (from.max(lo), to.min(hi));
+                                if a < b {
+                                    let part = piece.slice(to_usize(a - from)..to_usize(b - from));
+                                    alive = self.tx.send(Ok(part)).await.is_ok();
+                                }
+                            }
+                            Some(Err(_)) | None => alive = self.fail().await,
+                        }
+                    }
+                    alive
+                }
+            };
+            if !sent {
+                return;
+            }
+        }
+    }
+
+    /// Ends the response with an error so the client sees a cut, never a short "complete" body.
+    async fn fail(&self) -> bool {
+        let _ = self.tx.send(Err(FillFailed)).await;
+        false
+    }
+}
+
+fn to_usize(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+fn chunk_key(key: &ObjectKey, found: &ObjectMeta, index: u64) -> ChunkKey {
+    ChunkKey {
+        object: key.clone(),
+        etag: found.etag.clone(),
+        index,
+    }
+}
+
+/// The part of stored chunk `index` that falls in `span`; `None` if the chunk is too short.
+fn slice_chunk(bytes: &Bytes, index: u64, chunk: u64, span: Span) -> Option<Bytes> {
+    let chunk_start = index * chunk;
+    let lo = to_usize(span.start.max(chunk_start) - chunk_start);
+    let hi = to_usize(span.end.min(chunk_start + chunk) - chunk_start);
+    (hi <= bytes.len() && lo < hi).then(|| bytes.slice(lo..hi))
+}
+
+/// The chunk a miss should fetch first: where the client's Range starts.
+fn first_wanted_chunk(headers: &HeaderMap, chunk: u64) -> u64 {
+    match headers.get(RANGE).and_then(|v| range::parse_range(v.as_bytes())) {
+        Some(range::ByteRange::FromTo(first, _) | range::ByteRange::From(first)) => first / chunk,
+        _ => 0,
+    }
+}
+
+fn signed_secs(ttl: Duration, age: Duration) -> i64 {
+    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    let age = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
+    ttl.saturating_sub(age)
+}
+
+fn short(status: StatusCode, message: &'static str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(message));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

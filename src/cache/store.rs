@@ -1,0 +1,211 @@
+//! The moka store: one byte-weighted cache holding object metadata and aligned body chunks,
+//! so one capacity bounds all cached memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::HeaderValue;
+use moka::notification::RemovalCause;
+
+use super::metrics::CacheMetrics;
+
+/// Bytes charged per entry on top of its body: key, moka node and bookkeeping.
+const ENTRY_OVERHEAD: u32 = 192;
+
+/// One object in one region.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    /// Region index.
+    pub region: usize,
+    /// Key without the region's prefix.
+    pub key: Arc<str>,
+}
+
+/// One aligned chunk of one version (ETag) of an object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChunkKey {
+    /// The object.
+    pub object: ObjectKey,
+    /// The version the bytes belong to: bytes of two ETags never mix.
+    pub etag: Arc<str>,
+    /// Chunk index: bytes `index * chunk_size ..`.
+    pub index: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum StoreKey {
+    Meta(ObjectKey),
+    Chunk(ChunkKey),
+}
+
+#[derive(Debug, Clone)]
+enum StoreValue {
+    Meta(Arc<StoredMeta>),
+    Chunk(Bytes),
+}
+
+/// What the backend said about an object, and when.
+#[derive(Debug)]
+pub struct StoredMeta {
+    /// Found (with validators) or missing (negative caching).
+    pub state: MetaState,
+    /// When the backend last confirmed it.
+    pub validated_at: Instant,
+    /// A background revalidation is running (stale-while-revalidate runs one at a time).
+    pub revalidating: AtomicBool,
+}
+
+impl StoredMeta {
+    /// Metadata confirmed now.
+    pub fn new(state: MetaState) -> Arc<Self> {
+        Arc::new(StoredMeta {
+            state,
+            validated_at: Instant::now(),
+            revalidating: AtomicBool::new(false),
+        })
+    }
+
+    /// Claims the one background revalidation; false if one is running.
+    pub fn claim_revalidation(&self) -> bool {
+        !self.revalidating.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// Found or missing.
+#[derive(Debug, Clone)]
+pub enum MetaState {
+    /// The object exists.
+    Found(ObjectMeta),
+    /// The backend answered 404.
+    Missing,
+}
+
+/// An object's representation metadata.
+#[derive(Debug, Clone)]
+pub struct ObjectMeta {
+    /// Strong ETag with its quotes.
+    pub etag: Arc<str>,
+    /// The same, ready to send.
+    pub etag_header: HeaderValue,
+    /// Last-Modified as the backend sent it.
+    pub last_modified: Option<HeaderValue>,
+    /// Last-Modified, parsed.
+    pub last_modified_time: Option<SystemTime>,
+    /// Full length in bytes.
+    pub length: u64,
+    /// Content-Type to send.
+    pub content_type: HeaderValue,
+}
+
+/// The cache memory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    cache: moka::future::Cache<StoreKey, StoreValue>,
+}
+
+impl Store {
+    /// A store holding at most `capacity` weighted bytes.
+    pub fn new(capacity: u64, metrics: Arc<CacheMetrics>) -> Store {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|key: &StoreKey, value: &StoreValue| -> u32 {
+                let body = match value {
+                    StoreValue::Meta(_) => 128,
+                    StoreValue::Chunk(bytes) => u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+                };
+                let key = match key {
+                    StoreKey::Meta(k) => k.key.len(),
+                    StoreKey::Chunk(k) => k.object.key.len() + k.etag.len(),
+                };
+                body.saturating_add(ENTRY_OVERHEAD)
+                    .saturating_add(u32::try_from(key).unwrap_or(u32::MAX))
+            })
+            .eviction_listener(move |_key, _value, cause| {
+                if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                    metrics.evictions.inc();
+                }
+            })
+            .support_invalidation_closures()
+            .build();
+        Store { cache }
+    }
+
+    /// Stored metadata of an object.
+    pub async fn meta(&self, key: &ObjectKey) -> Option<Arc<StoredMeta>> {
+        match self.cache.get(&StoreKey::Meta(key.clone())).await {
+            Some(StoreValue::Meta(meta)) => Some(meta),
+            _ => None,
+        }
+    }
+
+    /// Whether metadata is stored (synchronous: usable under a lock).
+    pub fn has_meta(&self, key: &ObjectKey) -> bool {
+        self.cache.contains_key(&StoreKey::Meta(key.clone()))
+    }
+
+    /// Stores metadata.
+    pub async fn put_meta(&self, key: ObjectKey, meta: Arc<StoredMeta>) {
+        self.cache
+            .insert(StoreKey::Meta(key), StoreValue::Meta(meta))
+            .await;
+    }
+
+    /// Drops an object's metadata (it changed, or was purged).
+    pub async fn forget_meta(&self, key: &ObjectKey) {
+        self.cache.invalidate(&StoreKey::Meta(key.clone())).await;
+    }
+
+    /// A stored chunk.
+    pub async fn chunk(&self, key: &ChunkKey) -> Option<Bytes> {
+        match self.cache.get(&StoreKey::Chunk(key.clone())).await {
+            Some(StoreValue::Chunk(bytes)) => Some(bytes),
+            _ => None,
+        }
+    }
+
+    /// Whether a chunk is stored (synchronous: usable under a lock).
+    pub fn has_chunk(&self, key: &ChunkKey) -> bool {
+        self.cache.contains_key(&StoreKey::Chunk(key.clone()))
+    }
+
+    /// Stores a chunk.
+    pub async fn put_chunk(&self, key: ChunkKey, bytes: Bytes) {
+        self.cache
+            .insert(StoreKey::Chunk(key), StoreValue::Chunk(bytes))
+            .await;
+    }
+
+    /// Drops every entry of objects in `region` whose key satisfies `matches`.
+    pub fn purge(
+        &self,
+        region: usize,
+        matches: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> Result<(), moka::PredicateError> {
+        self.cache
+            .invalidate_entries_if(move |key, _| {
+                let object = match key {
+                    StoreKey::Meta(o) => o,
+                    StoreKey::Chunk(c) => &c.object,
+                };
+                object.region == region && matches(&object.key)
+            })
+            .map(|_| ())
+    }
+
+    /// Weighted bytes held.
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    /// Entries held.
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Applies pending evictions and invalidations now (tests, metrics).
+    pub async fn sync(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+}
