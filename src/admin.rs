@@ -55,7 +55,11 @@ pub async fn serve(
     }
 }
 
-fn handle(gateway: &Gateway, token: Option<&str>, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(
+    gateway: &Gateway,
+    token: Option<&str>,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if let Some(token) = token {
         let presented = request
             .headers()
@@ -70,7 +74,9 @@ fn handle(gateway: &Gateway, token: Option<&str>, request: &Request<Incoming>) -
     match (request.method(), path) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
         (&Method::GET, "/metrics") => text(StatusCode::OK, metrics(gateway)),
-        (&Method::DELETE, _) if path.starts_with("/cache/") => purge(gateway, &path["/cache/".len()..]),
+        (&Method::DELETE, _) if path.starts_with("/cache/") => {
+            purge(gateway, &path["/cache/".len()..])
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }
@@ -81,7 +87,9 @@ fn purge(gateway: &Gateway, rest: &str) -> Response<Full<Bytes>> {
     };
     let segments: Vec<&str> = rest.split('/').collect();
     let valid = |s: &str| {
-        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     };
     let (region, account, target) = match segments.as_slice() {
         [region, account] if valid(account) => (*region, *account, PurgeTarget::Account),
@@ -98,7 +106,12 @@ fn purge(gateway: &Gateway, rest: &str) -> Response<Full<Bytes>> {
             };
             (*region, *account, target)
         }
-        _ => return text(StatusCode::BAD_REQUEST, "use /cache/{region}/{account}[/{name}[{suffix}]]\n".into()),
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "use /cache/{region}/{account}[/{name}[{suffix}]]\n".into(),
+            );
+        }
     };
     let Some(index) = gateway.region_index(region) else {
         return text(StatusCode::NOT_FOUND, "unknown region\n".into());
@@ -119,27 +132,89 @@ fn metrics(gateway: &Gateway) -> String {
     };
     let s = cache.stats();
     let counters = [
-        ("s3edge_cache_hits_total", "Requests answered from fresh cache metadata.", s.hits),
-        ("s3edge_cache_misses_total", "Requests whose metadata was fetched.", s.misses),
-        ("s3edge_cache_stale_total", "Stale serves (while revalidating or on error).", s.stale),
-        ("s3edge_cache_revalidations_total", "Revalidations sent upstream.", s.revalidations),
-        ("s3edge_cache_revalidated_unchanged_total", "Revalidations answered 304.", s.revalidated_unchanged),
-        ("s3edge_cache_collapsed_total", "Requests that joined a fetch in flight.", s.collapsed),
-        ("s3edge_cache_upstream_fetches_total", "Upstream requests sent by the cache.", s.upstream_fetches),
-        ("s3edge_cache_chunks_stored_total", "Chunks stored.", s.chunks_stored),
-        ("s3edge_cache_evictions_total", "Entries evicted for space or age.", s.evictions),
-        ("s3edge_cache_negative_hits_total", "404s answered from the negative cache.", s.negative_hits),
-        ("s3edge_cache_bypassed_total", "Objects too large to cache, relayed.", s.bypassed),
-        ("s3edge_cache_fetch_failures_total", "Chunk fetches that failed.", s.fetch_failures),
+        (
+            "s3edge_cache_hits_total",
+            "Requests answered from fresh cache metadata.",
+            s.hits,
+        ),
+        (
+            "s3edge_cache_misses_total",
+            "Requests whose metadata was fetched.",
+            s.misses,
+        ),
+        (
+            "s3edge_cache_stale_total",
+            "Stale serves (while revalidating or on error).",
+            s.stale,
+        ),
+        (
+            "s3edge_cache_revalidations_total",
+            "Revalidations sent upstream.",
+            s.revalidations,
+        ),
+        (
+            "s3edge_cache_revalidated_unchanged_total",
+            "Revalidations answered 304.",
+            s.revalidated_unchanged,
+        ),
+        (
+            "s3edge_cache_collapsed_total",
+            "Requests that joined a fetch in flight.",
+            s.collapsed,
+        ),
+        (
+            "s3edge_cache_upstream_fetches_total",
+            "Upstream requests sent by the cache.",
+            s.upstream_fetches,
+        ),
+        (
+            "s3edge_cache_chunks_stored_total",
+            "Chunks stored.",
+            s.chunks_stored,
+        ),
+        (
+            "s3edge_cache_evictions_total",
+            "Entries evicted for space or age.",
+            s.evictions,
+        ),
+        (
+            "s3edge_cache_negative_hits_total",
+            "404s answered from the negative cache.",
+            s.negative_hits,
+        ),
+        (
+            "s3edge_cache_bypassed_total",
+            "Objects too large to cache, relayed.",
+            s.bypassed,
+        ),
+        (
+            "s3edge_cache_fetch_failures_total",
+            "Chunk fetches that failed.",
+            s.fetch_failures,
+        ),
     ];
     for (name, help, value) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
     }
     for (name, help, value) in [
-        ("s3edge_cache_bytes", "Weighted bytes held by the cache.", s.bytes),
-        ("s3edge_cache_entries", "Entries held by the cache.", s.entries),
+        (
+            "s3edge_cache_bytes",
+            "Weighted bytes held by the cache.",
+            s.bytes,
+        ),
+        (
+            "s3edge_cache_entries",
+            "Entries held by the cache.",
+            s.entries,
+        ),
     ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
     }
     out
 }

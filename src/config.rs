@@ -489,7 +489,9 @@ impl Validator<'_> {
             max_object_size: size(raw.max_object_size, d.max_object_size),
             chunk_size: size(raw.chunk_size, d.chunk_size),
             ttl,
-            stale_while_revalidate: raw.stale_while_revalidate.unwrap_or(d.stale_while_revalidate),
+            stale_while_revalidate: raw
+                .stale_while_revalidate
+                .unwrap_or(d.stale_while_revalidate),
             stale_if_error: raw.stale_if_error.unwrap_or(d.stale_if_error),
             negative_ttl: raw.negative_ttl.unwrap_or(d.negative_ttl),
             cache_control: raw
@@ -510,16 +512,24 @@ impl Validator<'_> {
 
     fn admin(&self, raw: RawAdmin) -> Result<AdminConfig, ConfigError> {
         let listen: SocketAddr = raw.listen.parse().map_err(|_| {
-            self.err("admin.listen", format!("`{}` is not an IP:port address", raw.listen))
+            self.err(
+                "admin.listen",
+                format!("`{}` is not an IP:port address", raw.listen),
+            )
         })?;
         let token = match (raw.token, raw.token_env) {
             (Some(_), Some(_)) => {
                 return Err(self.err("admin.token", "set either token or token_env, not both"));
             }
             (Some(t), None) => Some(t),
-            (None, Some(var)) => Some((self.env)(&var).filter(|v| !v.is_empty()).ok_or_else(|| {
-                self.err("admin.token_env", format!("environment variable {var} is not set"))
-            })?),
+            (None, Some(var)) => {
+                Some((self.env)(&var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                    self.err(
+                        "admin.token_env",
+                        format!("environment variable {var} is not set"),
+                    )
+                })?)
+            }
             (None, None) => None,
         };
         if token.as_ref().is_some_and(|t| t.len() < 16) {

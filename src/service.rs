@@ -164,7 +164,10 @@ impl Gateway {
             .ok_or(GatewayError::Internal("route to unknown region"))?;
         let mut bypassed = false;
         if let Some(cache) = &self.inner.cache {
-            match cache.serve(upstream, &object, method, request.headers()).await? {
+            match cache
+                .serve(upstream, &object, method, request.headers())
+                .await?
+            {
                 Served::Response(response) => return Ok(response),
                 Served::Bypass => bypassed = true,
             }

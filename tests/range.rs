@@ -131,7 +131,11 @@ async fn if_range_next_to_if_match_without_cache_ignores_range() {
     let both = h
         .get(
             &path,
-            &[("range", "bytes=0-9"), ("if-range", &etag), ("if-match", &etag)],
+            &[
+                ("range", "bytes=0-9"),
+                ("if-range", &etag),
+                ("if-match", &etag),
+            ],
         )
         .await;
     assert_eq!(both.status, StatusCode::OK);

@@ -7,14 +7,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH, LAST_MODIFIED, RANGE};
+use http::header::{
+    CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH, LAST_MODIFIED,
+    RANGE,
+};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
-use super::store::{ChunkKey, MetaState, ObjectKey, ObjectMeta, StoredMeta};
 use super::CacheInner;
+use super::store::{ChunkKey, MetaState, ObjectKey, ObjectMeta, StoredMeta};
 use crate::error::GatewayError;
 use crate::route::FileKind;
 use crate::upstream::{self, Upstream};
@@ -204,7 +207,10 @@ impl CacheInner {
                 let end = (index + MAX_RUN_CHUNKS).min(chunk_count);
                 let mut run = Vec::new();
                 for i in index..end {
-                    let k = ChunkKey { index: i, ..key.clone() };
+                    let k = ChunkKey {
+                        index: i,
+                        ..key.clone()
+                    };
                     if i > index && (chunks.contains_key(&k) || self.store.has_chunk(&k)) {
                         break;
                     }
@@ -225,7 +231,8 @@ impl CacheInner {
 
     /// Asks the backend about an object, once for all concurrent askers. With a validator,
     /// a 304 refreshes the stored metadata; otherwise the answer's first chunks are stored
-    /// on the way. `start` is the chunk a miss wants first.
+    /// on the way. `start` is the chunk a miss wants first; `seen_nothing` says the caller
+    /// found no metadata at all (so metadata stored since then answers it).
     pub async fn probe(
         self: &Arc<Self>,
         upstream: &Arc<Upstream>,
@@ -233,27 +240,40 @@ impl CacheInner {
         kind: FileKind,
         validator: Option<Arc<StoredMeta>>,
         start: u64,
+        seen_nothing: bool,
     ) -> Result<Probed, Arc<GatewayError>> {
         let mut receiver = loop {
-            let Ok(mut probes) = self.inflight.probes.lock() else {
-                return Err(Arc::new(GatewayError::Internal("probe registry poisoned")));
-            };
-            if let Some(rx) = probes.get(object) {
-                self.metrics.collapsed.inc();
-                break rx.clone();
+            {
+                let Ok(mut probes) = self.inflight.probes.lock() else {
+                    return Err(Arc::new(GatewayError::Internal("probe registry poisoned")));
+                };
+                if let Some(rx) = probes.get(object) {
+                    self.metrics.collapsed.inc();
+                    break rx.clone();
+                }
+                // A miss whose probe finished between the caller's lookup and this lock
+                // must not probe again: the answer is in the store.
+                if !(seen_nothing && self.store.has_meta(object)) {
+                    let (tx, rx) = watch::channel(None);
+                    probes.insert(object.clone(), rx.clone());
+                    let probe = Probe {
+                        inner: self.clone(),
+                        object: object.clone(),
+                        kind,
+                        validator,
+                        start,
+                        tx,
+                    };
+                    tokio::spawn(probe.run(upstream.clone()));
+                    break rx;
+                }
             }
-            let (tx, rx) = watch::channel(None);
-            probes.insert(object.clone(), rx.clone());
-            let probe = Probe {
-                inner: self.clone(),
-                object: object.clone(),
-                kind,
-                validator,
-                start,
-                tx,
-            };
-            tokio::spawn(probe.run(upstream.clone()));
-            break rx;
+            if let Some(meta) = self.store.meta(object).await {
+                return Ok(Probed {
+                    meta,
+                    unchanged: false,
+                });
+            }
         };
         match receiver.wait_for(Option::is_some).await {
             Ok(result) => result
@@ -282,14 +302,25 @@ impl Probe {
             MetaState::Found(found) => Some(found.etag_header.clone()),
             MetaState::Missing => None,
         });
-        let mut first = if validator_etag.is_some() { 0 } else { self.start };
-        let run = if validator_etag.is_some() { 1 } else { MAX_RUN_CHUNKS };
+        let mut first = if validator_etag.is_some() {
+            0
+        } else {
+            self.start
+        };
+        let run = if validator_etag.is_some() {
+            1
+        } else {
+            MAX_RUN_CHUNKS
+        };
         if validator_etag.is_some() {
             inner.metrics.revalidations.inc();
         }
         let outcome = loop {
             let mut headers = HeaderMap::new();
-            headers.insert(RANGE, range_header(first * chunk, (first + run) * chunk - 1));
+            headers.insert(
+                RANGE,
+                range_header(first * chunk, (first + run) * chunk - 1),
+            );
             if let Some(etag) = &validator_etag {
                 headers.insert(IF_NONE_MATCH, etag.clone());
             }

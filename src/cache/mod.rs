@@ -1,9 +1,9 @@
 //! The CDN-style edge cache: metadata with freshness windows, aligned body chunks, collapsed
 //! streaming fetches, conditionals and ranges answered from memory.
 //!
-//! - [`store`]: the byte-bounded moka store of metadata and chunks.
-//! - [`fill`]: collapsed upstream fetches (probes for metadata, runs of chunks).
-//! - [`metrics`]: counters.
+//! - [`store`] is the byte-bounded moka store of metadata and chunks.
+//! - [`fill`] runs collapsed upstream fetches (probes for metadata, runs of chunks).
+//! - [`metrics`] holds the counters.
 //!
 //! A request: metadata (fresh, stale-while-revalidate, revalidated, or probed) → client
 //! preconditions and Range against it → a body assembled from the chunks it covers, stored or
@@ -134,7 +134,9 @@ impl Cache {
     /// A cache with the given settings (assumed validated).
     pub fn new(config: &CacheConfig) -> Cache {
         let metrics = Arc::new(CacheMetrics::default());
-        let header = |text: &str| HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("no-store"));
+        let header = |text: &str| {
+            HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("no-store"))
+        };
         Cache {
             inner: Arc::new(CacheInner {
                 store: Store::new(config.capacity, metrics.clone()),
@@ -143,7 +145,10 @@ impl Cache {
                 chunk_size: config.chunk_size.max(1),
                 max_object_size: config.max_object_size,
                 cache_control: header(&config.cache_control),
-                negative_cache_control: header(&format!("max-age={}", config.negative_ttl.as_secs())),
+                negative_cache_control: header(&format!(
+                    "max-age={}",
+                    config.negative_ttl.as_secs()
+                )),
                 config: config.clone(),
             }),
         }
@@ -191,18 +196,28 @@ impl Cache {
             }
             Precondition::Failed => short(StatusCode::PRECONDITION_FAILED, "precondition failed\n"),
             Precondition::Proceed => {
-                let whole = Span { start: 0, end: found.length };
+                let whole = Span {
+                    start: 0,
+                    end: found.length,
+                };
                 match range::effective_range(headers, validators).map(|r| r.resolve(found.length)) {
                     Some(Err(range::Unsatisfiable)) => {
-                        let mut response = short(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+                        let mut response =
+                            short(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
                         let value = format!("bytes */{}", found.length);
                         if let Ok(value) = HeaderValue::from_str(&value) {
                             response.headers_mut().insert(CONTENT_RANGE, value);
                         }
                         response
                     }
-                    Some(Ok(span)) => self.file_response(upstream, &key, found, method, span, true).await,
-                    None => self.file_response(upstream, &key, found, method, whole, false).await,
+                    Some(Ok(span)) => {
+                        self.file_response(upstream, &key, found, method, span, true)
+                            .await
+                    }
+                    None => {
+                        self.file_response(upstream, &key, found, method, whole, false)
+                            .await
+                    }
                 }
             }
         };
@@ -229,13 +244,17 @@ impl Cache {
         let config = &inner.config;
         let Some(meta) = inner.store.meta(key).await else {
             inner.metrics.misses.inc();
-            let probed = inner.probe(upstream, key, kind, None, start).await;
+            let probed = inner.probe(upstream, key, kind, None, start, true).await;
             return probed
                 .map(|p| (p.meta, Outcome::Miss))
                 .map_err(GatewayError::Shared);
         };
         let found = matches!(meta.state, MetaState::Found(_));
-        let ttl = if found { config.ttl } else { config.negative_ttl };
+        let ttl = if found {
+            config.ttl
+        } else {
+            config.negative_ttl
+        };
         let age = meta.validated_at.elapsed();
         let left = signed_secs(ttl, age);
         if age < ttl {
@@ -252,7 +271,10 @@ impl Cache {
                 let cache = inner.clone();
                 let (upstream, key, validator) = (upstream.clone(), key.clone(), meta.clone());
                 tokio::spawn(async move {
-                    if let Err(error) = cache.probe(&upstream, &key, kind, Some(validator), 0).await {
+                    if let Err(error) = cache
+                        .probe(&upstream, &key, kind, Some(validator), 0, false)
+                        .await
+                    {
                         tracing::warn!(key = %key.key, error = %error.detail(), "background revalidation failed");
                     }
                 });
@@ -260,7 +282,10 @@ impl Cache {
             return Ok((meta, Outcome::StaleWhileRevalidate(left)));
         }
         let validator = found.then(|| meta.clone());
-        match inner.probe(upstream, key, kind, validator, start).await {
+        match inner
+            .probe(upstream, key, kind, validator, start, false)
+            .await
+        {
             Ok(probed) if probed.unchanged => Ok((probed.meta, Outcome::Revalidated)),
             Ok(probed) => Ok((probed.meta, Outcome::Miss)),
             Err(error) if found && age < ttl + config.stale_if_error => {
@@ -312,7 +337,10 @@ impl Cache {
         span: Span,
     ) -> ResponseBody {
         let inner = &self.inner;
-        let (first, last) = (span.start / inner.chunk_size, (span.end - 1) / inner.chunk_size);
+        let (first, last) = (
+            span.start / inner.chunk_size,
+            (span.end - 1) / inner.chunk_size,
+        );
         if last - first < DIRECT_CHUNKS {
             let mut parts = Vec::with_capacity(usize::try_from(last - first + 1).unwrap_or(1));
             for index in first..=last {
@@ -341,7 +369,12 @@ impl Cache {
 
     /// Drops the cached files of an account, of a recording (`name`: all four files) or one
     /// file (`file`: `{NAME}{suffix}`) in a region.
-    pub fn purge(&self, region: usize, account: &str, target: PurgeTarget) -> Result<(), GatewayError> {
+    pub fn purge(
+        &self,
+        region: usize,
+        account: &str,
+        target: PurgeTarget,
+    ) -> Result<(), GatewayError> {
         let prefix = format!("{account}/");
         let matches: Box<dyn Fn(&str) -> bool + Send + Sync> = match target {
             PurgeTarget::Account => Box::new(move |key: &str| key.starts_with(&prefix)),
@@ -419,7 +452,10 @@ impl Producer {
             let chunk_start = index * chunk;
             let lo = self.span.start.max(chunk_start) - chunk_start;
             let hi = self.span.end.min(chunk_start + chunk) - chunk_start;
-            let source = self.inner.chunk_source(&self.upstream, &self.key, &self.found, index).await;
+            let source = self
+                .inner
+                .chunk_source(&self.upstream, &self.key, &self.found, index)
+                .await;
             let sent = match source {
                 ChunkSource::Stored(bytes) => match slice_chunk(&bytes, index, chunk, self.span) {
                     Some(part) => self.tx.send(Ok(part)).await.is_ok(),
@@ -480,7 +516,10 @@ fn slice_chunk(bytes: &Bytes, index: u64, chunk: u64, span: Span) -> Option<Byte
 
 /// The chunk a miss should fetch first: where the client's Range starts.
 fn first_wanted_chunk(headers: &HeaderMap, chunk: u64) -> u64 {
-    match headers.get(RANGE).and_then(|v| range::parse_range(v.as_bytes())) {
+    match headers
+        .get(RANGE)
+        .and_then(|v| range::parse_range(v.as_bytes()))
+    {
         Some(range::ByteRange::FromTo(first, _) | range::ByteRange::From(first)) => first / chunk,
         _ => 0,
     }

@@ -67,6 +67,8 @@ pub struct Harness {
     pub config: Config,
     pub addr: SocketAddr,
     pub client: Client<HttpConnector, Empty<Bytes>>,
+    /// The gateway under test (shares the cache with the running server).
+    pub gateway: Gateway,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -98,27 +100,50 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let run_config = config.clone();
+        let gateway = Gateway::new(&config).unwrap();
+        let served = gateway.clone();
+        let grace = config.shutdown_grace;
         let task = tokio::spawn(async move {
             let listeners = vec![Listener {
                 tcp: listener,
                 tls: None,
             }];
-            s3edge::run(&run_config, listeners, async {
+            s3edge::server::serve(served, listeners, grace, async {
                 let _ = rx.await;
             })
-            .await
-            .unwrap();
+            .await;
         });
         Harness {
             backends,
             config,
             addr,
             client: Client::builder(TokioExecutor::new()).build_http(),
+            gateway,
             shutdown: Some(tx),
             task: Some(task),
             _dir: dir,
         }
+    }
+
+    /// Writes an object straight to a region's backend (signed, not through the cache).
+    pub async fn put(&self, region: &str, key: &str, body: Bytes) {
+        let mut config = self.config.clone();
+        config.cache.enabled = false;
+        let gateway = Gateway::new(&config).unwrap();
+        let upstream = gateway.upstream(region).unwrap();
+        within(upstream.put_object(key, body, HeaderMap::new()))
+            .await
+            .unwrap();
+    }
+
+    /// The gateway's cache.
+    pub fn cache(&self) -> s3edge::cache::Cache {
+        self.gateway.cache().expect("cache enabled").clone()
+    }
+
+    /// The folder holding the backends' data (`{root}/{region}`).
+    pub fn backends_root(&self) -> std::path::PathBuf {
+        self._dir.path().to_path_buf()
     }
 
     /// Requests seen by all backends together.
@@ -171,4 +196,21 @@ impl Drop for Harness {
             let _ = tx.send(());
         }
     }
+}
+
+/// Starts the admin listener for a harness's gateway; dropping the sender stops it.
+pub async fn start_admin(
+    h: &Harness,
+    token: Option<&str>,
+) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(s3edge::admin::serve(
+        listener,
+        h.gateway.clone(),
+        token.map(str::to_string),
+        rx,
+    ));
+    (addr, tx)
 }
