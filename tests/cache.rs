@@ -234,6 +234,7 @@ async fn a_failed_fetch_is_not_cached_and_does_not_poison() {
             provider: region.provider,
             root: dir,
             redirect_to_region: None,
+            public_read: false,
             virtual_host_domain: None,
         },
     )

@@ -137,6 +137,7 @@ async fn virtual_hosted_addressing() {
             provider: s3edge::config::Provider::Aws,
             root: dir.path().join("vh"),
             redirect_to_region: None,
+            public_read: false,
             virtual_host_domain: Some(format!("s3.edge.test:{port}")),
         },
     )
@@ -185,6 +186,7 @@ async fn bucket_in_another_region_is_a_logged_502() {
             provider: s3edge::config::Provider::Aws,
             root: dir.path().join("r"),
             redirect_to_region: Some("ap-southeast-2".into()),
+            public_read: false,
             virtual_host_domain: None,
         },
     )

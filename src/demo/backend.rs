@@ -40,6 +40,9 @@ pub struct BackendOptions {
     /// When set, every request is answered `301 PermanentRedirect` naming this region,
     /// as AWS does when a bucket is addressed through another region's endpoint.
     pub redirect_to_region: Option<String>,
+    /// Anonymous GET and HEAD of objects are allowed, like a public-read bucket policy
+    /// (benchmarks give peers without SigV4 the same origin).
+    pub public_read: bool,
     /// When set, `{bucket}.{domain}` Host headers (domain with its port) are read as
     /// virtual-hosted-style requests.
     pub virtual_host_domain: Option<String>,
@@ -125,6 +128,7 @@ impl S3Backend {
             region: options.region.clone(),
             provider: options.provider,
             redirect_to_region: options.redirect_to_region.clone(),
+            public_read: options.public_read,
             store: store.clone(),
         };
         let mut builder = s3s::service::S3ServiceBuilder::new(wrapper);
@@ -270,6 +274,7 @@ struct PolicyFs {
     region: String,
     provider: Provider,
     redirect_to_region: Option<String>,
+    public_read: bool,
     store: Arc<PolicyStore>,
 }
 
@@ -289,6 +294,10 @@ impl PolicyFs {
             return Err(err);
         }
         if request.credentials.is_none() {
+            let read = matches!(request.method, http::Method::GET | http::Method::HEAD);
+            if self.public_read && read {
+                return Ok(());
+            }
             return Err(s3_error!(AccessDenied, "Anonymous access is denied"));
         }
         match &request.region {

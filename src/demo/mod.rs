@@ -107,6 +107,7 @@ impl Backends {
                     provider: spec.provider,
                     root: root.join(spec.name),
                     redirect_to_region: None,
+                    public_read: false,
                     virtual_host_domain: None,
                 },
             )?;
