@@ -145,6 +145,8 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let backends = runtime.block_on(Backends::start(dir.path())).unwrap();
     let mut config = Config::for_regions(backends.regions.clone(), "127.0.0.1:0".parse().unwrap());
+    // The pass-through path (issue 2's figures); `peers` measures the cache.
+    config.cache.enabled = false;
     let small_key = format!("{}/bench-small.jpg", demo::SAMPLE_ACCOUNT);
     let large_key = format!("{}/bench-large.mp4", demo::SAMPLE_ACCOUNT);
     runtime.block_on(async {

@@ -141,6 +141,7 @@ impl S3Backend {
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             builder.set_host(host);
         }
+        builder.set_access(PublicRead(options.public_read));
         let service = builder.build();
         let stats = Arc::new(BackendStats::default());
         let (stop, stop_rx) = watch::channel(false);
@@ -212,6 +213,20 @@ async fn accept_loop(
                 _ = conn_stop.changed() => {}
             }
         });
+    }
+}
+
+/// Signed requests pass; anonymous GET and HEAD pass too on a public-read bucket.
+struct PublicRead(bool);
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for PublicRead {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> S3Result<()> {
+        let read = matches!(*cx.method(), http::Method::GET | http::Method::HEAD);
+        if cx.credentials().is_some() || (self.0 && read) {
+            return Ok(());
+        }
+        Err(s3_error!(AccessDenied, "Signature is required"))
     }
 }
 

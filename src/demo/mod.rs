@@ -89,6 +89,11 @@ pub struct Backends {
 impl Backends {
     /// Starts the four backends on `127.0.0.1:0`, storing data under `root`.
     pub async fn start(root: &Path) -> std::io::Result<Backends> {
+        Backends::start_with(root, false).await
+    }
+
+    /// Like [`Backends::start`]; `public_read` also admits anonymous reads (benchmarks).
+    pub async fn start_with(root: &Path, public_read: bool) -> std::io::Result<Backends> {
         let mut backends = Vec::with_capacity(REGIONS.len());
         let mut regions = Vec::with_capacity(REGIONS.len());
         for spec in REGIONS {
@@ -107,7 +112,7 @@ impl Backends {
                     provider: spec.provider,
                     root: root.join(spec.name),
                     redirect_to_region: None,
-                    public_read: false,
+                    public_read,
                     virtual_host_domain: None,
                 },
             )?;

@@ -1,0 +1,674 @@
+//! s3edge against nginx `proxy_cache` (+ `slice`) and Varnish (malloc), release build, one run.
+//!
+//! `cargo bench --bench peers` (needs `wrk`, `nginx`, `varnishd`, `curl`, `taskset`). Each server
+//! is pinned to core 0, the load generator and the origin to core 1. The origin is one s3s-fs
+//! backend in this process: s3edge signs its requests; nginx and Varnish read the same objects
+//! anonymously (the bucket is public-read for this run), since they cannot sign SigV4.
+//!
+//! - P1 cache hit, 30 KB snapshot: req/s and server CPU per request (`/proc/PID/stat`).
+//! - P2 cache hit, random 1 MiB ranges of a 50 MB mp4: MB/s.
+//! - P3 miss path: added p50 latency over the direct backend for 30 KB objects (each request a
+//!   new object), and cold stream-through of a 50 MB object vs the direct backend.
+//! - P4 200 concurrent cold requests for one 2 MB object: upstream requests, p99 / lone miss.
+//! - P5 peak RSS of s3edge after 4 × capacity of distinct objects passed through.
+//!
+//! Only loopback addresses are used; every run is bounded in time.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_precision_loss)]
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use s3edge::config::Config;
+use s3edge::demo::{self, Backends};
+use s3edge::service::Gateway;
+
+const SNAPSHOT: usize = 30 * 1024;
+const VIDEO: usize = 50 * 1024 * 1024;
+const POPULAR: usize = 2 * 1024 * 1024;
+const MISSES: usize = 300;
+const LOAD_SECS: u32 = 8;
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    for tool in ["wrk", "nginx", "varnishd", "curl", "taskset"] {
+        if Command::new("which")
+            .arg(tool)
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            eprintln!(
+                "peers: `{tool}` is needed (apt-get install wrk nginx-light varnish curl util-linux)"
+            );
+            std::process::exit(2);
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    // The origin and the clients live on core 1; servers get core 0.
+    pin_self(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run(cores));
+}
+
+fn pin_self(core: usize) {
+    let pid = std::process::id().to_string();
+    let _ = Command::new("taskset")
+        .args(["-a", "-p", "-c", &core.to_string(), &pid])
+        .stdout(Stdio::null())
+        .status();
+}
+
+struct Server {
+    name: &'static str,
+    base: String,
+    child: Child,
+}
+
+impl Server {
+    fn pids(&self) -> Vec<u32> {
+        descendants(self.child.id())
+    }
+
+    fn cpu_ticks(&self) -> u64 {
+        self.pids().iter().map(|pid| cpu_of(*pid)).sum()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for pid in self.pids().into_iter().rev() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn descendants(root: u32) -> Vec<u32> {
+    let mut all = vec![root];
+    let mut i = 0;
+    while i < all.len() {
+        let parent = all[i];
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+                let ppid = after
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.parse::<u32>().ok());
+                if ppid == Some(parent) && !all.contains(&pid) {
+                    all.push(pid);
+                }
+            }
+        }
+        i += 1;
+    }
+    all
+}
+
+/// utime + stime of a process (all its threads), in clock ticks.
+fn cpu_of(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(11) + get(12)
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listens on {port}");
+}
+
+fn start_s3edge(dir: &Path, config: &Config, capacity: u64) -> Server {
+    let port = free_port();
+    let mut config = config.clone();
+    config.http_listeners = vec![format!("127.0.0.1:{port}").parse().unwrap()];
+    config.cache.capacity = capacity;
+    config.cache.ttl = Duration::from_secs(3600);
+    let path = dir.join(format!("s3edge-{port}.toml"));
+    std::fs::write(&path, demo::render_toml(&config)).unwrap();
+    let child = Command::new("taskset")
+        .args(["-c", "0", env!("CARGO_BIN_EXE_s3edge"), "serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .env("TOKIO_WORKER_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    Server {
+        name: "s3edge",
+        base: format!("http://127.0.0.1:{port}/eu1"),
+        child,
+    }
+}
+
+fn start_nginx(dir: &Path, origin: SocketAddr) -> Server {
+    let port = free_port();
+    let cache = PathBuf::from(format!("/dev/shm/s3edge-bench-nginx-{port}"));
+    let _ = std::fs::remove_dir_all(&cache);
+    std::fs::create_dir_all(&cache).unwrap();
+    let conf = format!(
+        r#"worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  proxy_cache_path {cache} levels=1:2 keys_zone=edge:64m max_size=4g inactive=1h use_temp_path=off;
+  upstream origin {{ server {origin}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location /eu1/ {{
+      rewrite ^/eu1/(.*)$ /eu1-addpipe/$1 break;
+      slice 1m;
+      proxy_cache edge;
+      proxy_cache_key $uri$slice_range;
+      proxy_set_header Range $slice_range;
+      proxy_cache_valid 200 206 1h;
+      proxy_cache_lock on;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass http://origin;
+    }}
+  }}
+}}
+"#,
+        dir = dir.display(),
+        cache = cache.display(),
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new("taskset")
+        .args(["-c", "0", "nginx", "-c"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    Server {
+        name: "nginx",
+        base: format!("http://127.0.0.1:{port}/eu1"),
+        child,
+    }
+}
+
+fn start_varnish(dir: &Path, origin: SocketAddr) -> Server {
+    let port = free_port();
+    let vcl = format!(
+        r#"vcl 4.1;
+backend origin {{ .host = "127.0.0.1"; .port = "{}"; }}
+sub vcl_recv {{
+  set req.url = regsub(req.url, "^/eu1/", "/eu1-addpipe/");
+  unset req.http.Cookie;
+}}
+sub vcl_backend_response {{ set beresp.ttl = 1h; }}
+"#,
+        origin.port()
+    );
+    let path = dir.join("bench.vcl");
+    std::fs::write(&path, vcl).unwrap();
+    let workdir = dir.join("varnish");
+    std::fs::create_dir_all(&workdir).unwrap();
+    let child = Command::new("taskset")
+        .args(["-c", "0", "varnishd", "-F", "-a"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-f")
+        .arg(&path)
+        .args(["-s", "malloc,2g", "-n"])
+        .arg(&workdir)
+        .args(["-p", "thread_pools=1", "-p", "thread_pool_min=50"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    Server {
+        name: "varnish",
+        base: format!("http://127.0.0.1:{port}/eu1"),
+        child,
+    }
+}
+
+struct Load {
+    rps: f64,
+    mb_per_s: f64,
+    cpu_us_per_request: f64,
+}
+
+/// wrk on core 1 against `url` for LOAD_SECS; `lua` optional.
+fn wrk(server: &Server, url: &str, connections: u32, lua: Option<&Path>) -> Load {
+    let cpu_before = server.cpu_ticks();
+    let mut cmd = Command::new("timeout");
+    cmd.args(["60", "taskset", "-c", "1", "wrk", "-t1"])
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{LOAD_SECS}s"));
+    if let Some(lua) = lua {
+        cmd.arg("-s").arg(lua);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    let cpu_after = server.cpu_ticks();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!text.contains("Non-2xx"), "{}: {text}", server.name);
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let field = |label: &str| -> String {
+        text.lines()
+            .find(|l| l.starts_with(label))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("0")
+            .to_string()
+    };
+    let rps: f64 = field("Requests/sec").parse().unwrap_or(0.0);
+    let transfer = field("Transfer/sec");
+    let mb_per_s = parse_size(&transfer) / 1e6;
+    let ticks = cpu_after.saturating_sub(cpu_before) as f64;
+    let cpu_us_per_request = if requests > 0.0 {
+        ticks * 10_000.0 / requests
+    } else {
+        0.0
+    };
+    Load {
+        rps,
+        mb_per_s,
+        cpu_us_per_request,
+    }
+}
+
+fn parse_size(v: &str) -> f64 {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().unwrap_or(0.0);
+    n * match unit {
+        "KB" => 1024.0,
+        "MB" => 1024.0 * 1024.0,
+        "GB" => 1024.0 * 1024.0 * 1024.0,
+        _ => 1.0,
+    }
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+async fn timed_get(client: &HttpClient, url: &str) -> (Duration, usize) {
+    let started = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(30), client.get(url.parse().unwrap()))
+        .await
+        .expect("request timed out")
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (started.elapsed(), body.len())
+}
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    let index = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[index.min(v.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn run(cores: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = Backends::start_with(dir.path(), true).await.unwrap();
+    let origin = backends.backends[0].addr;
+    let mut config = Config::for_regions(backends.regions.clone(), "127.0.0.1:0".parse().unwrap());
+    config.shutdown_grace = Duration::from_secs(1);
+    let gateway = {
+        let mut c = config.clone();
+        c.cache.enabled = false;
+        Gateway::new(&c).unwrap()
+    };
+    let upstream = gateway.upstream("eu1").unwrap();
+    let account = demo::SAMPLE_ACCOUNT;
+    let put = |key: String, body: Bytes| async move {
+        upstream
+            .put_object(&key, body, http::HeaderMap::new())
+            .await
+            .unwrap();
+    };
+    let names = ["s3edge", "nginx", "varnish", "direct"];
+    let snapshot: Bytes = (0..SNAPSHOT)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let video: Bytes = (0..VIDEO)
+        .map(|i| (i % 241) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let popular: Bytes = (0..POPULAR)
+        .map(|i| (i % 239) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    eprintln!("peers: uploading objects to the origin…");
+    put(format!("{account}/hot.jpg"), snapshot.clone()).await;
+    put(format!("{account}/hot.mp4"), video.clone()).await;
+    for name in names {
+        for i in 0..MISSES {
+            put(format!("{account}/miss-{name}-{i}.jpg"), snapshot.clone()).await;
+        }
+        for i in 0..3 {
+            put(format!("{account}/cold-{name}-{i}.mp4"), video.clone()).await;
+        }
+        put(format!("{account}/popular-{name}.mp4"), popular.clone()).await;
+        for i in 0..3 {
+            put(format!("{account}/lone-{name}-{i}.mp4"), popular.clone()).await;
+        }
+    }
+    for i in 0..11 {
+        put(format!("{account}/flood-{i}.mp4"), video.clone()).await;
+    }
+
+    let servers = vec![
+        start_s3edge(dir.path(), &config, 1024 * 1024 * 1024),
+        start_nginx(dir.path(), origin),
+        start_varnish(dir.path(), origin),
+    ];
+    let direct_base = format!("http://{origin}/eu1-addpipe");
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "\nmachine: {} cores; release build; loopback; origin: s3s-fs in the bench process (core 1), public-read for nginx/varnish, SigV4 for s3edge",
+        cores
+    );
+    let _ = writeln!(
+        report,
+        "servers pinned to core 0 (taskset), wrk and clients on core 1; s3edge RUST_LOG=warn, nginx access_log off\n"
+    );
+
+    // P1
+    let mut p1 = Vec::new();
+    for s in &servers {
+        let url = format!("{}/{account}/hot.jpg", s.base);
+        for _ in 0..3 {
+            timed_get(&client, &url).await;
+        }
+        let load = wrk(s, &url, 32, None);
+        p1.push((s.name, load));
+    }
+    let _ = writeln!(
+        report,
+        "P1 cache hit, 30 KB snapshot (wrk -t1 -c32 -d{LOAD_SECS}s):"
+    );
+    for (name, l) in &p1 {
+        let _ = writeln!(
+            report,
+            "  {name:8} {:>9.0} req/s  {:>6.2} µs CPU/request",
+            l.rps, l.cpu_us_per_request
+        );
+    }
+    let (nginx_rps, nginx_cpu) = (p1[1].1.rps, p1[1].1.cpu_us_per_request);
+    let _ = writeln!(
+        report,
+        "  s3edge/nginx: {:.2} × req/s (goal ≥ 1), {:.2} × CPU/request (goal ≤ 0.8)\n",
+        p1[0].1.rps / nginx_rps,
+        p1[0].1.cpu_us_per_request / nginx_cpu
+    );
+
+    // P2
+    let lua = dir.path().join("ranges.lua");
+    std::fs::write(
+        &lua,
+        format!(
+            r#"math.randomseed(42)
+local size = {VIDEO}
+local len = 1048576
+request = function()
+  local start = math.random(0, size - len - 1)
+  return wrk.format("GET", nil, {{ ["Range"] = "bytes=" .. start .. "-" .. (start + len - 1) }})
+end
+"#
+        ),
+    )
+    .unwrap();
+    let mut p2 = Vec::new();
+    for s in &servers {
+        let url = format!("{}/{account}/hot.mp4", s.base);
+        timed_get(&client, &url).await;
+        timed_get(&client, &url).await;
+        let load = wrk(s, &url, 8, Some(&lua));
+        p2.push((s.name, load));
+    }
+    let _ = writeln!(
+        report,
+        "P2 cache hit, random 1 MiB ranges of a 50 MB mp4 (wrk -t1 -c8 -d{LOAD_SECS}s):"
+    );
+    for (name, l) in &p2 {
+        let _ = writeln!(
+            report,
+            "  {name:8} {:>8.0} MB/s  {:>7.0} req/s  {:>7.1} µs CPU/request",
+            l.mb_per_s, l.rps, l.cpu_us_per_request
+        );
+    }
+    let best_peer = p2[1].1.mb_per_s.max(p2[2].1.mb_per_s);
+    let _ = writeln!(
+        report,
+        "  s3edge / best peer: {:.2} × (goal ≥ 1.2)\n",
+        p2[0].1.mb_per_s / best_peer
+    );
+
+    // P3 latency
+    let mut p50 = Vec::new();
+    for (index, name) in names.iter().enumerate() {
+        let base = servers
+            .get(index)
+            .map_or(direct_base.clone(), |s| s.base.clone());
+        let dir_name = if *name == "direct" { "direct" } else { name };
+        let mut times = Vec::with_capacity(MISSES);
+        for i in 0..MISSES {
+            let url = format!("{base}/{account}/miss-{dir_name}-{i}.jpg");
+            times.push(timed_get(&client, &url).await.0);
+        }
+        p50.push((*name, percentile(times, 0.5)));
+    }
+    let direct_p50 = p50[3].1;
+    let _ = writeln!(
+        report,
+        "P3 miss path, 30 KB objects, one request at a time, {MISSES} distinct objects each:"
+    );
+    for (name, p) in &p50 {
+        let added = ms(*p) - ms(direct_p50);
+        let _ = writeln!(
+            report,
+            "  {name:8} p50 {:.3} ms  (added over direct {added:+.3} ms)",
+            ms(*p)
+        );
+    }
+    let added = |i: usize| ms(p50[i].1) - ms(direct_p50);
+    let _ = writeln!(
+        report,
+        "  s3edge added p50 {:.3} ms vs nginx {:.3} ms (goal ≤ nginx)\n",
+        added(0),
+        added(1)
+    );
+
+    // P3 cold stream-through
+    let mut cold = Vec::new();
+    for (index, name) in names.iter().enumerate() {
+        let base = servers
+            .get(index)
+            .map_or(direct_base.clone(), |s| s.base.clone());
+        let mut speeds = Vec::new();
+        for i in 0..3 {
+            let url = format!("{base}/{account}/cold-{name}-{i}.mp4");
+            let out = Command::new("taskset")
+                .args([
+                    "-c",
+                    "1",
+                    "curl",
+                    "-s",
+                    "--max-time",
+                    "60",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{size_download} %{time_total}",
+                    &url,
+                ])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let mut f = text.split_whitespace();
+            let size: f64 = f.next().unwrap_or("0").parse().unwrap_or(0.0);
+            let secs: f64 = f.next().unwrap_or("1").parse().unwrap_or(1.0);
+            assert_eq!(size as usize, VIDEO, "{name}: {text}");
+            speeds.push(size / secs / 1e6);
+        }
+        speeds.sort_by(f64::total_cmp);
+        cold.push((*name, speeds[1]));
+    }
+    let _ = writeln!(
+        report,
+        "P3 cold stream-through of a 50 MB object (curl, median of 3 distinct objects):"
+    );
+    for (name, speed) in &cold {
+        let _ = writeln!(
+            report,
+            "  {name:8} {speed:>7.0} MB/s  ({:.2} × direct)",
+            speed / cold[3].1
+        );
+    }
+    let _ = writeln!(
+        report,
+        "  s3edge: {:.2} × direct (goal ≥ 0.9)\n",
+        cold[0].1 / cold[3].1
+    );
+
+    // P4
+    let _ = writeln!(
+        report,
+        "P4 200 concurrent cold requests for one 2 MB object:"
+    );
+    let mut s3edge_ok = false;
+    for s in &servers {
+        let mut lone = Vec::new();
+        for i in 0..3 {
+            lone.push(
+                timed_get(
+                    &client,
+                    &format!("{}/{account}/lone-{}-{i}.mp4", s.base, s.name),
+                )
+                .await
+                .0,
+            );
+        }
+        let lone = percentile(lone, 0.5);
+        let url = format!("{}/{account}/popular-{}.mp4", s.base, s.name);
+        let before = backends.backends[0].stats.requests();
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let client = client.clone();
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move { timed_get(&client, &url).await }));
+        }
+        let mut times = Vec::new();
+        for t in tasks {
+            let (d, n) = t.await.unwrap();
+            assert_eq!(n, POPULAR);
+            times.push(d);
+        }
+        let upstream = backends.backends[0].stats.requests() - before;
+        let p99 = percentile(times, 0.99);
+        let ratio = ms(p99) / ms(lone);
+        if s.name == "s3edge" {
+            s3edge_ok = upstream == 1 && ratio <= 2.0;
+        }
+        let _ = writeln!(
+            report,
+            "  {:8} upstream requests {upstream:>3}  p99 {:>8.2} ms  lone miss {:>6.2} ms  p99/lone {ratio:>6.1} ×",
+            s.name,
+            ms(p99),
+            ms(lone)
+        );
+    }
+    let _ = writeln!(
+        report,
+        "  s3edge goal (exactly 1 upstream request, p99 ≤ 2 × lone): {}\n",
+        if s3edge_ok { "met" } else { "missed" }
+    );
+    drop(servers);
+
+    // P5
+    let capacity: u64 = 128 * 1024 * 1024;
+    let s = start_s3edge(dir.path(), &config, capacity);
+    let mut passed = 0u64;
+    for i in 0..11 {
+        let url = format!("{}/{account}/flood-{i}.mp4", s.base);
+        passed += timed_get(&client, &url).await.1 as u64;
+    }
+    let peak = vm_hwm_kib(s.child.id()) * 1024;
+    let limit = capacity as f64 * 1.1 + 64.0 * 1024.0 * 1024.0;
+    let _ = writeln!(
+        report,
+        "P5 peak RSS after {} MiB of distinct objects through a {} MiB cache: {} MiB (goal ≤ {:.0} MiB)",
+        passed >> 20,
+        capacity >> 20,
+        peak >> 20,
+        limit / 1048576.0
+    );
+    drop(s);
+    println!("{report}");
+}
