@@ -123,7 +123,7 @@ fn cache_hit(c: &mut Criterion) {
                     .unwrap()
                 {
                     Served::Response(r) => black_box(r),
-                    Served::Bypass => unreachable!(),
+                    Served::Bypass(_) => unreachable!(),
                 }
             })
         });

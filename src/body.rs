@@ -160,8 +160,10 @@ pub struct AccessLog {
     pub region: Option<String>,
     /// Status sent to the client.
     pub status: u16,
-    /// Status the backend answered, when it was asked.
+    /// Status the backend answered, when it was asked directly.
     pub upstream_status: Option<u16>,
+    /// The response's `Cache-Status`, when the cache answered.
+    pub cache: Option<http::HeaderValue>,
     /// Body bytes handed to the client.
     pub bytes: u64,
     /// When the request arrived.
@@ -188,6 +190,7 @@ impl Drop for AccessLog {
             region = self.region.as_deref().unwrap_or("-"),
             status = self.status,
             upstream_status = self.upstream_status,
+            cache = self.cache.as_ref().and_then(|v| v.to_str().ok()),
             bytes = self.bytes,
             duration_ms = format_args!("{duration_ms:.3}"),
             outcome,

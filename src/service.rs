@@ -118,6 +118,7 @@ impl Gateway {
             region: None,
             status: 0,
             upstream_status: None,
+            cache: None,
             bytes: 0,
             start,
             complete: false,
@@ -137,6 +138,7 @@ impl Gateway {
         };
         self.inner.cors.apply(has_origin, response.headers_mut());
         log.status = response.status().as_u16();
+        log.cache = response.headers().get(CACHE_STATUS).cloned();
         response.map(|body| body.with_log(log))
     }
 
@@ -162,14 +164,14 @@ impl Gateway {
             .upstreams
             .get(object.region)
             .ok_or(GatewayError::Internal("route to unknown region"))?;
-        let mut bypassed = false;
+        let mut bypassed = None;
         if let Some(cache) = &self.inner.cache {
             match cache
                 .serve(upstream, &object, method, request.headers())
                 .await?
             {
                 Served::Response(response) => return Ok(response),
-                Served::Bypass => bypassed = true,
+                Served::Bypass(status) => bypassed = Some(status),
             }
         }
         let conditional = Conditional::from_request(request.headers());
@@ -192,11 +194,8 @@ impl Gateway {
         }
         log.upstream_status = Some(response.status().as_u16());
         let mut response = relay(method, &object, response).await?;
-        if bypassed {
-            response.headers_mut().insert(
-                CACHE_STATUS,
-                HeaderValue::from_static("s3edge; fwd=bypass; detail=too-large"),
-            );
+        if let Some(status) = bypassed {
+            response.headers_mut().insert(CACHE_STATUS, status);
         }
         Ok(response)
     }

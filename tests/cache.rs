@@ -529,3 +529,47 @@ async fn a_seek_fetches_only_the_chunks_it_covers() {
         "{range}"
     );
 }
+
+#[tokio::test]
+async fn objects_over_the_size_limit_stream_through() {
+    let h = Harness::start_with(|c| c.cache.max_object_size = 100 * KIB).await;
+    let path = sample_path("eu1", FileKind::Raw);
+    let raw = demo::sample_file(FileKind::Raw);
+    assert!(raw.len() as u64 > 100 * KIB);
+    for _ in 0..2 {
+        let reply = h.get(&path, &[("range", "bytes=1000-")]).await;
+        assert_eq!(reply.status, StatusCode::PARTIAL_CONTENT);
+        assert!(reply.body == raw.slice(1000..));
+        assert_eq!(
+            reply.header("cache-status"),
+            Some("s3edge; fwd=bypass; detail=too-large")
+        );
+    }
+    // Only the metadata is kept: the second request went straight to the backend once.
+    let before = eu1(&h).stats.requests();
+    h.get(&path, &[]).await;
+    assert_eq!(eu1(&h).stats.requests() - before, 1);
+    let stats = h.cache().stats();
+    assert_eq!(stats.chunks_stored, 0, "{stats:?}");
+    assert!(stats.bypassed >= 3);
+}
+
+#[tokio::test]
+async fn head_miss_asks_the_backend_and_head_hit_does_not() {
+    let h = Harness::start().await;
+    let path = sample_path("eu1", FileKind::Processed);
+    let len = demo::sample_file(FileKind::Processed).len().to_string();
+    let before = eu1(&h).stats.requests();
+    let miss = h.send(http::Method::HEAD, &path, &[]).await;
+    assert_eq!(miss.status, StatusCode::OK);
+    assert_eq!(miss.header("content-length"), Some(len.as_str()));
+    let seen = eu1(&h).stats.recent();
+    assert_eq!(seen.last().unwrap().method, http::Method::HEAD);
+    assert_eq!(eu1(&h).stats.requests() - before, 1);
+    h.get(&path, &[]).await;
+    let before = eu1(&h).stats.requests();
+    let hit = h.send(http::Method::HEAD, &path, &[]).await;
+    assert_eq!(hit.header("content-length"), Some(len.as_str()));
+    assert!(hit.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(eu1(&h).stats.requests(), before);
+}

@@ -53,7 +53,8 @@ impl ChunkCell {
     }
 
     fn push(&self, frame: Bytes) {
-        if let Ok(mut state) = self.state.lock() {
+        {
+            let mut state = lock(&self.state);
             state.filled += frame.len();
             state.frames.push(frame);
         }
@@ -63,7 +64,7 @@ impl ChunkCell {
     /// Completes the chunk: one contiguous buffer, exactly sized, for the store.
     fn finish(&self) -> Option<Bytes> {
         let bytes = {
-            let mut state = self.state.lock().ok()?;
+            let mut state = lock(&self.state);
             let frames = std::mem::take(&mut state.frames);
             let bytes = if frames.len() == 1 {
                 frames.into_iter().next().unwrap_or_default()
@@ -82,11 +83,12 @@ impl ChunkCell {
     }
 
     fn fail(&self) {
-        if let Ok(mut state) = self.state.lock()
-            && state.outcome.is_none()
         {
-            state.frames.clear();
-            state.outcome = Some(Err(FillFailed));
+            let mut state = lock(&self.state);
+            if state.outcome.is_none() {
+                state.frames.clear();
+                state.outcome = Some(Err(FillFailed));
+            }
         }
         self.changed.send_replace(());
     }
@@ -116,9 +118,7 @@ impl ChunkReader {
     pub async fn next(&mut self) -> Option<Result<Bytes, FillFailed>> {
         loop {
             {
-                let Ok(state) = self.cell.state.lock() else {
-                    return Some(Err(FillFailed));
-                };
+                let state = lock(&self.cell.state);
                 match &state.outcome {
                     Some(Ok(all)) => {
                         if self.offset >= all.len() {
@@ -192,9 +192,7 @@ impl CacheInner {
                 return ChunkSource::Stored(bytes);
             }
             let run = {
-                let Ok(mut chunks) = self.inflight.chunks.lock() else {
-                    continue;
-                };
+                let mut chunks = lock(&self.inflight.chunks);
                 if let Some(cell) = chunks.get(&key) {
                     self.metrics.collapsed.inc();
                     return ChunkSource::Filling(cell.reader());
@@ -244,9 +242,7 @@ impl CacheInner {
     ) -> Result<Probed, Arc<GatewayError>> {
         let mut receiver = loop {
             {
-                let Ok(mut probes) = self.inflight.probes.lock() else {
-                    return Err(Arc::new(GatewayError::Internal("probe registry poisoned")));
-                };
+                let mut probes = lock(&self.inflight.probes);
                 if let Some(rx) = probes.get(object) {
                     self.metrics.collapsed.inc();
                     break rx.clone();
@@ -345,9 +341,7 @@ impl Probe {
                 .await;
         }
         self.tx.send_replace(Some(result));
-        if let Ok(mut probes) = inner.inflight.probes.lock() {
-            probes.remove(&self.object);
-        }
+        lock(&inner.inflight.probes).remove(&self.object);
         if let Some((fill, body)) = fill {
             fill.stream(body).await;
         }
@@ -403,7 +397,7 @@ impl Probe {
         let first = offset / inner.chunk_size;
         let chunk_count = found.length.div_ceil(inner.chunk_size);
         let end = (first + MAX_RUN_CHUNKS).min(chunk_count);
-        let mut chunks = inner.inflight.chunks.lock().ok()?;
+        let mut chunks = lock(&inner.inflight.chunks);
         let mut run = Vec::new();
         for index in first..end {
             let key = ChunkKey {
@@ -464,8 +458,13 @@ impl Fill {
             Ok(response) if response.status() == StatusCode::PARTIAL_CONTENT => {
                 self.stream(response.into_body()).await;
             }
-            Ok(response) if response.status() == StatusCode::PRECONDITION_FAILED => {
-                tracing::info!(key = %object.key, "object changed while cached: metadata dropped");
+            Ok(response)
+                if matches!(
+                    response.status(),
+                    StatusCode::PRECONDITION_FAILED | StatusCode::NOT_FOUND
+                ) =>
+            {
+                tracing::info!(key = %object.key, status = %response.status(), "object changed or deleted while cached: metadata dropped");
                 self.inner.store.forget_meta(&object).await;
             }
             Ok(response) => {
@@ -525,9 +524,7 @@ impl Fill {
             self.inner.metrics.chunks_stored.inc();
         }
         // Stored first, then unregistered: a reader finds it in one place or the other.
-        if let Ok(mut chunks) = self.inner.inflight.chunks.lock() {
-            chunks.remove(key);
-        }
+        lock(&self.inner.inflight.chunks).remove(key);
         self.current += 1;
         self.filled = 0;
     }
@@ -540,14 +537,20 @@ impl Drop for Fill {
             return;
         }
         self.inner.metrics.fetch_failures.inc();
-        let Ok(mut chunks) = self.inner.inflight.chunks.lock() else {
-            return;
-        };
+        let mut chunks = lock(&self.inner.inflight.chunks);
         for (key, cell) in unfinished {
             cell.fail();
             chunks.remove(key);
         }
     }
+}
+
+/// Locks a registry; a panic elsewhere never wedges the cache (the data stay consistent:
+/// every critical section is a single insert, remove or push).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn range_header(first: u64, last: u64) -> HeaderValue {

@@ -93,8 +93,9 @@ impl Outcome {
 pub enum Served {
     /// A response built from the cache.
     Response(Response<ResponseBody>),
-    /// Too large to cache: relay it from the backend.
-    Bypass,
+    /// Not for the cache (too large, or a HEAD miss): relay it; the value is the
+    /// `Cache-Status` to send.
+    Bypass(HeaderValue),
 }
 
 /// A snapshot of the cache's counters and size.
@@ -167,6 +168,13 @@ impl Cache {
             key: object.key.clone(),
         };
         let start = first_wanted_chunk(headers, self.inner.chunk_size);
+        if method == Method::HEAD && !self.inner.store.has_meta(&key) {
+            // A HEAD miss is not worth fetching chunks for: ask the backend directly.
+            self.inner.metrics.misses.inc();
+            return Ok(Served::Bypass(HeaderValue::from_static(
+                "s3edge; fwd=method; detail=head-miss",
+            )));
+        }
         let (meta, outcome) = self.lookup(upstream, &key, object.kind, start).await?;
         let age = meta.validated_at.elapsed().as_secs();
         let found = match &meta.state {
@@ -182,7 +190,9 @@ impl Cache {
         };
         if found.length > self.inner.max_object_size {
             self.inner.metrics.bypassed.inc();
-            return Ok(Served::Bypass);
+            return Ok(Served::Bypass(HeaderValue::from_static(
+                "s3edge; fwd=bypass; detail=too-large",
+            )));
         }
         let validators = Validators {
             etag: &found.etag,
