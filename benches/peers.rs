@@ -370,6 +370,33 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Whether a part runs: `S3EDGE_PEERS=p1,p4` selects parts (default: all).
+fn part(name: &str) -> bool {
+    std::env::var("S3EDGE_PEERS").map_or(true, |v| v.split(',').any(|p| p.trim() == name))
+}
+
+/// With `S3EDGE_PEERS_PERF=DIR`, records a perf profile of the server during a load.
+fn perf_start(server: &Server, label: &str) -> Option<Child> {
+    let dir = std::env::var("S3EDGE_PEERS_PERF").ok()?;
+    let pid = server.child.id().to_string();
+    let out = format!("{dir}/perf-{}-{label}.data", server.name);
+    Command::new("perf")
+        .args(["record", "-g", "-o", &out, "-p", &pid])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+fn perf_stop(child: Option<Child>) {
+    if let Some(mut child) = child {
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+}
+
 async fn run(cores: usize) {
     let dir = tempfile::tempdir().unwrap();
     let backends = Backends::start_with(dir.path(), true).await.unwrap();
@@ -440,40 +467,42 @@ async fn run(cores: usize) {
     );
 
     // P1
-    let mut p1 = Vec::new();
-    for s in &servers {
-        let url = format!("{}/{account}/hot.jpg", s.base);
-        for _ in 0..3 {
-            timed_get(&client, &url).await;
+    if part("p1") {
+        let mut p1 = Vec::new();
+        for s in &servers {
+            let url = format!("{}/{account}/hot.jpg", s.base);
+            for _ in 0..3 {
+                timed_get(&client, &url).await;
+            }
+            let load = wrk(s, &url, 32, None);
+            p1.push((s.name, load));
         }
-        let load = wrk(s, &url, 32, None);
-        p1.push((s.name, load));
-    }
-    let _ = writeln!(
-        report,
-        "P1 cache hit, 30 KB snapshot (wrk -t1 -c32 -d{LOAD_SECS}s):"
-    );
-    for (name, l) in &p1 {
         let _ = writeln!(
             report,
-            "  {name:8} {:>9.0} req/s  {:>6.2} µs CPU/request",
-            l.rps, l.cpu_us_per_request
+            "P1 cache hit, 30 KB snapshot (wrk -t1 -c32 -d{LOAD_SECS}s):"
+        );
+        for (name, l) in &p1 {
+            let _ = writeln!(
+                report,
+                "  {name:8} {:>9.0} req/s  {:>6.2} µs CPU/request",
+                l.rps, l.cpu_us_per_request
+            );
+        }
+        let (nginx_rps, nginx_cpu) = (p1[1].1.rps, p1[1].1.cpu_us_per_request);
+        let _ = writeln!(
+            report,
+            "  s3edge/nginx: {:.2} × req/s (goal ≥ 1), {:.2} × CPU/request (goal ≤ 0.8)\n",
+            p1[0].1.rps / nginx_rps,
+            p1[0].1.cpu_us_per_request / nginx_cpu
         );
     }
-    let (nginx_rps, nginx_cpu) = (p1[1].1.rps, p1[1].1.cpu_us_per_request);
-    let _ = writeln!(
-        report,
-        "  s3edge/nginx: {:.2} × req/s (goal ≥ 1), {:.2} × CPU/request (goal ≤ 0.8)\n",
-        p1[0].1.rps / nginx_rps,
-        p1[0].1.cpu_us_per_request / nginx_cpu
-    );
-
     // P2
-    let lua = dir.path().join("ranges.lua");
-    std::fs::write(
-        &lua,
-        format!(
-            r#"math.randomseed(42)
+    if part("p2") {
+        let lua = dir.path().join("ranges.lua");
+        std::fs::write(
+            &lua,
+            format!(
+                r#"math.randomseed(42)
 local size = {VIDEO}
 local len = 1048576
 request = function()
@@ -481,194 +510,203 @@ request = function()
   return wrk.format("GET", nil, {{ ["Range"] = "bytes=" .. start .. "-" .. (start + len - 1) }})
 end
 "#
-        ),
-    )
-    .unwrap();
-    let mut p2 = Vec::new();
-    for s in &servers {
-        let url = format!("{}/{account}/hot.mp4", s.base);
-        timed_get(&client, &url).await;
-        timed_get(&client, &url).await;
-        let load = wrk(s, &url, 8, Some(&lua));
-        p2.push((s.name, load));
-    }
-    let _ = writeln!(
-        report,
-        "P2 cache hit, random 1 MiB ranges of a 50 MB mp4 (wrk -t1 -c8 -d{LOAD_SECS}s):"
-    );
-    for (name, l) in &p2 {
-        let _ = writeln!(
-            report,
-            "  {name:8} {:>8.0} MB/s  {:>7.0} req/s  {:>7.1} µs CPU/request",
-            l.mb_per_s, l.rps, l.cpu_us_per_request
-        );
-    }
-    let best_peer = p2[1].1.mb_per_s.max(p2[2].1.mb_per_s);
-    let _ = writeln!(
-        report,
-        "  s3edge / best peer: {:.2} × (goal ≥ 1.2)\n",
-        p2[0].1.mb_per_s / best_peer
-    );
-
-    // P3 latency
-    let mut p50 = Vec::new();
-    for (index, name) in names.iter().enumerate() {
-        let base = servers
-            .get(index)
-            .map_or(direct_base.clone(), |s| s.base.clone());
-        let dir_name = if *name == "direct" { "direct" } else { name };
-        let mut times = Vec::with_capacity(MISSES);
-        for i in 0..MISSES {
-            let url = format!("{base}/{account}/miss-{dir_name}-{i}.jpg");
-            times.push(timed_get(&client, &url).await.0);
+            ),
+        )
+        .unwrap();
+        let mut p2 = Vec::new();
+        for s in &servers {
+            let url = format!("{}/{account}/hot.mp4", s.base);
+            timed_get(&client, &url).await;
+            timed_get(&client, &url).await;
+            let perf = perf_start(s, "p2");
+            let load = wrk(s, &url, 8, Some(&lua));
+            perf_stop(perf);
+            p2.push((s.name, load));
         }
-        p50.push((*name, percentile(times, 0.5)));
-    }
-    let direct_p50 = p50[3].1;
-    let _ = writeln!(
-        report,
-        "P3 miss path, 30 KB objects, one request at a time, {MISSES} distinct objects each:"
-    );
-    for (name, p) in &p50 {
-        let added = ms(*p) - ms(direct_p50);
         let _ = writeln!(
             report,
-            "  {name:8} p50 {:.3} ms  (added over direct {added:+.3} ms)",
-            ms(*p)
+            "P2 cache hit, random 1 MiB ranges of a 50 MB mp4 (wrk -t1 -c8 -d{LOAD_SECS}s):"
         );
-    }
-    let added = |i: usize| ms(p50[i].1) - ms(direct_p50);
-    let _ = writeln!(
-        report,
-        "  s3edge added p50 {:.3} ms vs nginx {:.3} ms (goal ≤ nginx)\n",
-        added(0),
-        added(1)
-    );
-
-    // P3 cold stream-through
-    let mut cold = Vec::new();
-    for (index, name) in names.iter().enumerate() {
-        let base = servers
-            .get(index)
-            .map_or(direct_base.clone(), |s| s.base.clone());
-        let mut speeds = Vec::new();
-        for i in 0..3 {
-            let url = format!("{base}/{account}/cold-{name}-{i}.mp4");
-            let out = Command::new("taskset")
-                .args([
-                    "-c",
-                    "1",
-                    "curl",
-                    "-s",
-                    "--max-time",
-                    "60",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{size_download} %{time_total}",
-                    &url,
-                ])
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let mut f = text.split_whitespace();
-            let size: f64 = f.next().unwrap_or("0").parse().unwrap_or(0.0);
-            let secs: f64 = f.next().unwrap_or("1").parse().unwrap_or(1.0);
-            assert_eq!(size as usize, VIDEO, "{name}: {text}");
-            speeds.push(size / secs / 1e6);
-        }
-        speeds.sort_by(f64::total_cmp);
-        cold.push((*name, speeds[1]));
-    }
-    let _ = writeln!(
-        report,
-        "P3 cold stream-through of a 50 MB object (curl, median of 3 distinct objects):"
-    );
-    for (name, speed) in &cold {
-        let _ = writeln!(
-            report,
-            "  {name:8} {speed:>7.0} MB/s  ({:.2} × direct)",
-            speed / cold[3].1
-        );
-    }
-    let _ = writeln!(
-        report,
-        "  s3edge: {:.2} × direct (goal ≥ 0.9)\n",
-        cold[0].1 / cold[3].1
-    );
-
-    // P4
-    let _ = writeln!(
-        report,
-        "P4 200 concurrent cold requests for one 2 MB object:"
-    );
-    let mut s3edge_ok = false;
-    for s in &servers {
-        let mut lone = Vec::new();
-        for i in 0..3 {
-            lone.push(
-                timed_get(
-                    &client,
-                    &format!("{}/{account}/lone-{}-{i}.mp4", s.base, s.name),
-                )
-                .await
-                .0,
+        for (name, l) in &p2 {
+            let _ = writeln!(
+                report,
+                "  {name:8} {:>8.0} MB/s  {:>7.0} req/s  {:>7.1} µs CPU/request",
+                l.mb_per_s, l.rps, l.cpu_us_per_request
             );
         }
-        let lone = percentile(lone, 0.5);
-        let url = format!("{}/{account}/popular-{}.mp4", s.base, s.name);
-        let before = backends.backends[0].stats.requests();
-        let mut tasks = Vec::new();
-        for _ in 0..200 {
-            let client = client.clone();
-            let url = url.clone();
-            tasks.push(tokio::spawn(async move { timed_get(&client, &url).await }));
+        let best_peer = p2[1].1.mb_per_s.max(p2[2].1.mb_per_s);
+        let _ = writeln!(
+            report,
+            "  s3edge / best peer: {:.2} × (goal ≥ 1.2)\n",
+            p2[0].1.mb_per_s / best_peer
+        );
+    }
+    // P3 latency
+    if part("p3") {
+        let mut p50 = Vec::new();
+        for (index, name) in names.iter().enumerate() {
+            let base = servers
+                .get(index)
+                .map_or(direct_base.clone(), |s| s.base.clone());
+            let dir_name = if *name == "direct" { "direct" } else { name };
+            let mut times = Vec::with_capacity(MISSES);
+            for i in 0..MISSES {
+                let url = format!("{base}/{account}/miss-{dir_name}-{i}.jpg");
+                times.push(timed_get(&client, &url).await.0);
+            }
+            p50.push((*name, percentile(times, 0.5)));
         }
-        let mut times = Vec::new();
-        for t in tasks {
-            let (d, n) = t.await.unwrap();
-            assert_eq!(n, POPULAR);
-            times.push(d);
+        let direct_p50 = p50[3].1;
+        let _ = writeln!(
+            report,
+            "P3 miss path, 30 KB objects, one request at a time, {MISSES} distinct objects each:"
+        );
+        for (name, p) in &p50 {
+            let added = ms(*p) - ms(direct_p50);
+            let _ = writeln!(
+                report,
+                "  {name:8} p50 {:.3} ms  (added over direct {added:+.3} ms)",
+                ms(*p)
+            );
         }
-        let upstream = backends.backends[0].stats.requests() - before;
-        let p99 = percentile(times, 0.99);
-        let ratio = ms(p99) / ms(lone);
-        if s.name == "s3edge" {
-            s3edge_ok = upstream == 1 && ratio <= 2.0;
+        let added = |i: usize| ms(p50[i].1) - ms(direct_p50);
+        let _ = writeln!(
+            report,
+            "  s3edge added p50 {:.3} ms vs nginx {:.3} ms (goal ≤ nginx)\n",
+            added(0),
+            added(1)
+        );
+
+        // P3 cold stream-through
+        let mut cold = Vec::new();
+        for (index, name) in names.iter().enumerate() {
+            let base = servers
+                .get(index)
+                .map_or(direct_base.clone(), |s| s.base.clone());
+            let mut speeds = Vec::new();
+            for i in 0..3 {
+                let url = format!("{base}/{account}/cold-{name}-{i}.mp4");
+                let out = Command::new("taskset")
+                    .args([
+                        "-c",
+                        "1",
+                        "curl",
+                        "-s",
+                        "--max-time",
+                        "60",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{size_download} %{time_total}",
+                        &url,
+                    ])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                let mut f = text.split_whitespace();
+                let size: f64 = f.next().unwrap_or("0").parse().unwrap_or(0.0);
+                let secs: f64 = f.next().unwrap_or("1").parse().unwrap_or(1.0);
+                assert_eq!(size as usize, VIDEO, "{name}: {text}");
+                speeds.push(size / secs / 1e6);
+            }
+            speeds.sort_by(f64::total_cmp);
+            cold.push((*name, speeds[1]));
         }
         let _ = writeln!(
             report,
-            "  {:8} upstream requests {upstream:>3}  p99 {:>8.2} ms  lone miss {:>6.2} ms  p99/lone {ratio:>6.1} ×",
-            s.name,
-            ms(p99),
-            ms(lone)
+            "P3 cold stream-through of a 50 MB object (curl, median of 3 distinct objects):"
+        );
+        for (name, speed) in &cold {
+            let _ = writeln!(
+                report,
+                "  {name:8} {speed:>7.0} MB/s  ({:.2} × direct)",
+                speed / cold[3].1
+            );
+        }
+        let _ = writeln!(
+            report,
+            "  s3edge: {:.2} × direct (goal ≥ 0.9)\n",
+            cold[0].1 / cold[3].1
         );
     }
-    let _ = writeln!(
-        report,
-        "  s3edge goal (exactly 1 upstream request, p99 ≤ 2 × lone): {}\n",
-        if s3edge_ok { "met" } else { "missed" }
-    );
+    // P4
+    if part("p4") {
+        let _ = writeln!(
+            report,
+            "P4 200 concurrent cold requests for one 2 MB object:"
+        );
+        let mut s3edge_ok = false;
+        for s in &servers {
+            let mut lone = Vec::new();
+            for i in 0..3 {
+                lone.push(
+                    timed_get(
+                        &client,
+                        &format!("{}/{account}/lone-{}-{i}.mp4", s.base, s.name),
+                    )
+                    .await
+                    .0,
+                );
+            }
+            let lone = percentile(lone, 0.5);
+            let url = format!("{}/{account}/popular-{}.mp4", s.base, s.name);
+            let before = backends.backends[0].stats.requests();
+            let perf = perf_start(s, "p4");
+            let mut tasks = Vec::new();
+            for _ in 0..200 {
+                let client = client.clone();
+                let url = url.clone();
+                tasks.push(tokio::spawn(async move { timed_get(&client, &url).await }));
+            }
+            let mut times = Vec::new();
+            for t in tasks {
+                let (d, n) = t.await.unwrap();
+                assert_eq!(n, POPULAR);
+                times.push(d);
+            }
+            perf_stop(perf);
+            let upstream = backends.backends[0].stats.requests() - before;
+            let p99 = percentile(times, 0.99);
+            let ratio = ms(p99) / ms(lone);
+            if s.name == "s3edge" {
+                s3edge_ok = upstream == 1 && ratio <= 2.0;
+            }
+            let _ = writeln!(
+                report,
+                "  {:8} upstream requests {upstream:>3}  p99 {:>8.2} ms  lone miss {:>6.2} ms  p99/lone {ratio:>6.1} ×",
+                s.name,
+                ms(p99),
+                ms(lone)
+            );
+        }
+        let _ = writeln!(
+            report,
+            "  s3edge goal (exactly 1 upstream request, p99 ≤ 2 × lone): {}\n",
+            if s3edge_ok { "met" } else { "missed" }
+        );
+    }
     drop(servers);
 
     // P5
-    let capacity: u64 = 128 * 1024 * 1024;
-    let s = start_s3edge(dir.path(), &config, capacity);
-    let mut passed = 0u64;
-    for i in 0..11 {
-        let url = format!("{}/{account}/flood-{i}.mp4", s.base);
-        passed += timed_get(&client, &url).await.1 as u64;
+    if part("p5") {
+        let capacity: u64 = 128 * 1024 * 1024;
+        let s = start_s3edge(dir.path(), &config, capacity);
+        let mut passed = 0u64;
+        for i in 0..11 {
+            let url = format!("{}/{account}/flood-{i}.mp4", s.base);
+            passed += timed_get(&client, &url).await.1 as u64;
+        }
+        let peak = vm_hwm_kib(s.child.id()) * 1024;
+        let limit = capacity as f64 * 1.1 + 64.0 * 1024.0 * 1024.0;
+        let _ = writeln!(
+            report,
+            "P5 peak RSS after {} MiB of distinct objects through a {} MiB cache: {} MiB (goal ≤ {:.0} MiB)",
+            passed >> 20,
+            capacity >> 20,
+            peak >> 20,
+            limit / 1048576.0
+        );
+        drop(s);
     }
-    let peak = vm_hwm_kib(s.child.id()) * 1024;
-    let limit = capacity as f64 * 1.1 + 64.0 * 1024.0 * 1024.0;
-    let _ = writeln!(
-        report,
-        "P5 peak RSS after {} MiB of distinct objects through a {} MiB cache: {} MiB (goal ≤ {:.0} MiB)",
-        passed >> 20,
-        capacity >> 20,
-        peak >> 20,
-        limit / 1048576.0
-    );
-    drop(s);
     println!("{report}");
 }
