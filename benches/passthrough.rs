@@ -11,61 +11,21 @@
 //! signature from the gateway, query signature of the presigned URL). Every run is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime};
+#[path = "support/mod.rs"]
+mod support;
 
-use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{
-    SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign,
-};
-use aws_sigv4::sign::v4;
+use support::presign;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
 use bytes::Bytes;
-use s3edge::config::{Config, RegionConfig};
+use s3edge::config::Config;
 use s3edge::demo::{self, Backends};
 use s3edge::service::Gateway;
 
 const SMALL: usize = 30 * 1024;
 const LARGE: usize = 50 * 1024 * 1024;
-
-fn presign(region: &RegionConfig, key: &str) -> String {
-    let url = format!(
-        "{}/{}/{}",
-        region.endpoint.to_string().trim_end_matches('/'),
-        region.bucket,
-        key
-    );
-    let identity = Credentials::new(
-        &region.credentials.access_key_id,
-        &region.credentials.secret_access_key,
-        None,
-        None,
-        "bench",
-    )
-    .into();
-    let mut settings = SigningSettings::default();
-    settings.signature_location = SignatureLocation::QueryParams;
-    settings.expires_in = Some(Duration::from_secs(3600));
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(&region.signing_region)
-        .name("s3")
-        .time(SystemTime::now())
-        .settings(settings)
-        .build()
-        .unwrap()
-        .into();
-    let signable = SignableRequest::new(
-        "GET",
-        &url,
-        std::iter::empty(),
-        SignableBody::UnsignedPayload,
-    )
-    .unwrap();
-    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
-    let mut request = http::Request::get(&url).body(()).unwrap();
-    instructions.apply_to_request_http1x(&mut request);
-    request.uri().to_string()
-}
 
 /// wrk's latency percentiles (ms) and requests/s for one connection, 5 s.
 fn wrk_latency(url: &str) -> (f64, f64, f64) {
