@@ -559,10 +559,12 @@ end
                 .map_or(direct_base.clone(), |s| s.base.clone());
             let dir_name = if *name == "direct" { "direct" } else { name };
             let mut times = Vec::with_capacity(MISSES);
+            let perf = servers.get(index).and_then(|s| perf_start(s, "p3"));
             for i in 0..MISSES {
                 let url = format!("{base}/{account}/miss-{dir_name}-{i}.jpg");
                 times.push(timed_get(&client, &url).await.0);
             }
+            perf_stop(perf);
             p50.push((*name, percentile(times, 0.5)));
         }
         // The backend verifies s3edge's SigV4 signature but not the anonymous peers'

@@ -147,6 +147,20 @@ impl Kind {
     }
 }
 
+/// A response of our own: a status and a fixed short text, never backend detail.
+pub fn short_response(
+    status: http::StatusCode,
+    message: &'static str,
+) -> http::Response<ResponseBody> {
+    let mut response = http::Response::new(ResponseBody::full(message));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 /// One access log line, filled in along the request and written on drop.
 #[derive(Debug)]
 pub struct AccessLog {

@@ -12,7 +12,7 @@ use http::header::{
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::body::{AccessLog, ResponseBody};
+use crate::body::{AccessLog, ResponseBody, short_response};
 use crate::cache::{CACHE_STATUS, Cache, Served};
 use crate::config::Config;
 use crate::cors::{self, Cors};
@@ -321,16 +321,6 @@ fn request_host<B>(request: &Request<B>) -> Option<&str> {
         .uri()
         .host()
         .or_else(|| request.headers().get(HOST)?.to_str().ok())
-}
-
-fn short_response(status: StatusCode, message: &'static str) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(message));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }
 
 /// The client's view of an error: status and a fixed short text.

@@ -260,3 +260,27 @@ async fn the_regions_are_distinct_backends() {
         }
     }
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive() {
+    for cached in [false, true] {
+        let h = Harness::start_with(|c| c.cache.enabled = cached).await;
+        let backend = &h.backends.backends[0];
+        let before = backend.stats.connections();
+        for i in 0..20 {
+            // Distinct objects, so that every request reaches the backend.
+            let key = format!("{}/keepalive-{i}.jpg", demo::SAMPLE_ACCOUNT);
+            h.put("eu1", &key, bytes::Bytes::from(vec![7u8; 30 * 1024]))
+                .await;
+            let reply = h.get(&format!("/eu1/{key}"), &[]).await;
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(reply.body.len(), 30 * 1024);
+        }
+        // `put` uses its own client; the gateway's requests share one pooled connection.
+        let gateway_connections = backend.stats.connections() - before - 20;
+        assert!(
+            gateway_connections <= 2,
+            "cached={cached}: {gateway_connections} upstream connections for 20 sequential requests"
+        );
+    }
+}

@@ -24,7 +24,7 @@ use http::header::{
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use tokio::sync::mpsc;
 
-use crate::body::ResponseBody;
+use crate::body::{ResponseBody, short_response};
 use crate::config::CacheConfig;
 use crate::error::GatewayError;
 use crate::range::{self, Precondition, Span, Validators};
@@ -179,7 +179,7 @@ impl Cache {
         let age = meta.validated_at.elapsed().as_secs();
         let found = match &meta.state {
             MetaState::Missing => {
-                let mut response = short(StatusCode::NOT_FOUND, "not found\n");
+                let mut response = short_response(StatusCode::NOT_FOUND, "not found\n");
                 let h = response.headers_mut();
                 h.insert(CACHE_CONTROL, self.inner.negative_cache_control.clone());
                 h.insert(AGE, HeaderValue::from(age));
@@ -204,7 +204,9 @@ impl Cache {
                 *response.status_mut() = StatusCode::NOT_MODIFIED;
                 response
             }
-            Precondition::Failed => short(StatusCode::PRECONDITION_FAILED, "precondition failed\n"),
+            Precondition::Failed => {
+                short_response(StatusCode::PRECONDITION_FAILED, "precondition failed\n")
+            }
             Precondition::Proceed => {
                 let whole = Span {
                     start: 0,
@@ -212,8 +214,10 @@ impl Cache {
                 };
                 match range::effective_range(headers, validators).map(|r| r.resolve(found.length)) {
                     Some(Err(range::Unsatisfiable)) => {
-                        let mut response =
-                            short(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+                        let mut response = short_response(
+                            StatusCode::RANGE_NOT_SATISFIABLE,
+                            "range not satisfiable\n",
+                        );
                         let value = format!("bytes */{}", found.length);
                         if let Ok(value) = HeaderValue::from_str(&value) {
                             response.headers_mut().insert(CONTENT_RANGE, value);
@@ -539,14 +543,4 @@ fn signed_secs(ttl: Duration, age: Duration) -> i64 {
     let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     let age = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
     ttl.saturating_sub(age)
-}
-
-fn short(status: StatusCode, message: &'static str) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(message));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }

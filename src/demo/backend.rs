@@ -63,6 +63,7 @@ pub struct RecordedRequest {
 #[derive(Debug, Default)]
 pub struct BackendStats {
     requests: AtomicU64,
+    connections: AtomicU64,
     recent: Mutex<VecDeque<RecordedRequest>>,
 }
 
@@ -70,6 +71,11 @@ impl BackendStats {
     /// Requests received so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far (keep-alive reuse shows as few connections).
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// The last requests received (at most 64), oldest first.
@@ -193,6 +199,7 @@ async fn accept_loop(
         };
         // Stock s3s-fs stalls ~40 ms per reused connection without it (Nagle + delayed ACK).
         let _ = stream.set_nodelay(true);
+        stats.connections.fetch_add(1, Ordering::SeqCst);
         let service = service.clone();
         let stats = stats.clone();
         let builder = builder.clone();
