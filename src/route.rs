@@ -127,23 +127,33 @@ impl Router {
                 "percent-encoded bytes are not allowed",
             ));
         }
-        let segments: Vec<&str> = rest.split('/').collect();
-        if segments.iter().any(|s| s.is_empty()) {
-            return Err(GatewayError::BadPath("empty path segment"));
+        // At most three segments matter; a fourth means "not a file" (checked after the
+        // malformed cases so that `/a//b/c.mp4` is a 400 whatever its length).
+        let mut segments = rest.split('/');
+        let parts = [
+            segments.next(),
+            segments.next(),
+            segments.next(),
+            segments.next(),
+        ];
+        for segment in parts.iter().flatten().copied().chain(segments.clone()) {
+            if segment.is_empty() {
+                return Err(GatewayError::BadPath("empty path segment"));
+            }
+            if segment == "." || segment == ".." {
+                return Err(GatewayError::BadPath("dot segments are not allowed"));
+            }
         }
-        if segments.iter().any(|s| *s == "." || *s == "..") {
-            return Err(GatewayError::BadPath("dot segments are not allowed"));
-        }
-        let (region, hash, file) = match segments.as_slice() {
-            [hash, file] => {
+        let (region, hash, file) = match parts {
+            [Some(hash), Some(file), None, None] => {
                 let region = host
                     .and_then(|h| self.region_for_host(h))
                     .ok_or(GatewayError::NotFound)?;
-                (region, *hash, *file)
+                (region, hash, file)
             }
-            [prefix, hash, file] => {
+            [Some(prefix), Some(hash), Some(file), None] => {
                 let region = self.region_for_name(prefix).ok_or(GatewayError::NotFound)?;
-                (region, *hash, *file)
+                (region, hash, file)
             }
             _ => return Err(GatewayError::NotFound),
         };
@@ -154,13 +164,11 @@ impl Router {
         if !is_valid_segment(name) {
             return Err(GatewayError::BadPath("invalid file name"));
         }
-        let mut key = String::with_capacity(hash.len() + 1 + file.len());
-        key.push_str(hash);
-        key.push('/');
-        key.push_str(file);
+        // `{hash}/{file}` is the tail of the path: one allocation, no formatting.
+        let key = &rest[rest.len() - hash.len() - 1 - file.len()..];
         Ok(ObjectRef {
             region,
-            key: key.into(),
+            key: Arc::from(key),
             kind,
         })
     }
