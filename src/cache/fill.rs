@@ -341,9 +341,20 @@ impl Probe {
                 .await;
         }
         self.tx.send_replace(Some(result));
-        lock(&inner.inflight.probes).remove(&self.object);
+        self.unregister();
         if let Some((fill, body)) = fill {
             fill.stream(body).await;
+        }
+    }
+
+    /// Removes this probe from the registry (only this one: a newer probe may have replaced it).
+    fn unregister(&self) {
+        let mut probes = lock(&self.inner.inflight.probes);
+        if probes
+            .get(&self.object)
+            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+        {
+            probes.remove(&self.object);
         }
     }
 
@@ -414,6 +425,13 @@ impl Probe {
         }
         drop(chunks);
         (!run.is_empty()).then(|| Fill::new(inner.clone(), run, found.length))
+    }
+}
+
+impl Drop for Probe {
+    // Even a probe that ends abnormally leaves no entry behind for later requests to join.
+    fn drop(&mut self) {
+        self.unregister();
     }
 }
 
