@@ -115,14 +115,8 @@ fn main() {
             .await
             .unwrap();
         let upstream = gateway.upstream("eu1").unwrap();
-        let small: Bytes = (0..SMALL)
-            .map(|i| (i % 251) as u8)
-            .collect::<Vec<_>>()
-            .into();
-        let large: Bytes = (0..LARGE)
-            .map(|i| (i % 241) as u8)
-            .collect::<Vec<_>>()
-            .into();
+        let small: Bytes = support::pattern(SMALL, 251);
+        let large: Bytes = support::pattern(LARGE, 241);
         upstream
             .put_object(&small_key, small, http::HeaderMap::new())
             .await

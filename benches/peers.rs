@@ -177,21 +177,13 @@ fn start_s3edge(dir: &Path, config: &Config, capacity: u64) -> Server {
     config.cache.ttl = Duration::from_secs(3600);
     let path = dir.join(format!("s3edge-{port}.toml"));
     std::fs::write(&path, demo::render_toml(&config)).unwrap();
-    let child = Command::new("taskset")
-        .args(["-c", "0", env!("CARGO_BIN_EXE_s3edge"), "serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .env("TOKIO_WORKER_THREADS", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(port);
-    Server {
-        name: "s3edge",
-        base: format!("http://127.0.0.1:{port}/eu1"),
-        child,
-    }
+    spawn_pinned(
+        "s3edge",
+        port,
+        env!("CARGO_BIN_EXE_s3edge"),
+        &["serve".as_ref(), "--config".as_ref(), path.as_os_str()],
+        &[("RUST_LOG", "warn"), ("TOKIO_WORKER_THREADS", "1")],
+    )
 }
 
 fn start_nginx(dir: &Path, origin: SocketAddr) -> Server {
@@ -234,19 +226,13 @@ http {{
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
-    let child = Command::new("taskset")
-        .args(["-c", "0", "nginx", "-c"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(port);
-    Server {
-        name: "nginx",
-        base: format!("http://127.0.0.1:{port}/eu1"),
-        child,
-    }
+    spawn_pinned(
+        "nginx",
+        port,
+        "nginx",
+        &["-c".as_ref(), path.as_os_str()],
+        &[],
+    )
 }
 
 fn start_varnish(dir: &Path, origin: SocketAddr) -> Server {
@@ -266,21 +252,46 @@ sub vcl_backend_response {{ set beresp.ttl = 1h; }}
     std::fs::write(&path, vcl).unwrap();
     let workdir = dir.join("varnish");
     std::fs::create_dir_all(&workdir).unwrap();
-    let child = Command::new("taskset")
-        .args(["-c", "0", "varnishd", "-F", "-a"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("-f")
-        .arg(&path)
-        .args(["-s", "malloc,2g", "-n"])
-        .arg(&workdir)
-        .args(["-p", "thread_pools=1", "-p", "thread_pool_min=50"])
+    let listen = format!("127.0.0.1:{port}");
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "-F".as_ref(),
+        "-a".as_ref(),
+        listen.as_ref(),
+        "-f".as_ref(),
+        path.as_os_str(),
+        "-s".as_ref(),
+        "malloc,2g".as_ref(),
+        "-n".as_ref(),
+        workdir.as_os_str(),
+        "-p".as_ref(),
+        "thread_pools=1".as_ref(),
+        "-p".as_ref(),
+        "thread_pool_min=50".as_ref(),
+    ];
+    spawn_pinned("varnish", port, "varnishd", &args, &[])
+}
+
+/// Runs `program args…` on core 0 and waits until it listens on `port`.
+fn spawn_pinned(
+    name: &'static str,
+    port: u16,
+    program: &str,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+) -> Server {
+    let mut command = Command::new("taskset");
+    command.args(["-c", "0", program]).args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_port(port);
     Server {
-        name: "varnish",
+        name,
         base: format!("http://127.0.0.1:{port}/eu1"),
         child,
     }
@@ -423,18 +434,9 @@ async fn run(cores: usize) {
     let signed_misses: Vec<String> = (0..MISSES)
         .map(|i| format!("{account}/miss-signed-{i}.jpg"))
         .collect();
-    let snapshot: Bytes = (0..SNAPSHOT)
-        .map(|i| (i % 251) as u8)
-        .collect::<Vec<_>>()
-        .into();
-    let video: Bytes = (0..VIDEO)
-        .map(|i| (i % 241) as u8)
-        .collect::<Vec<_>>()
-        .into();
-    let popular: Bytes = (0..POPULAR)
-        .map(|i| (i % 239) as u8)
-        .collect::<Vec<_>>()
-        .into();
+    let snapshot: Bytes = support::pattern(SNAPSHOT, 251);
+    let video: Bytes = support::pattern(VIDEO, 241);
+    let popular: Bytes = support::pattern(POPULAR, 239);
     eprintln!("peers: uploading objects to the origin…");
     put(format!("{account}/hot.jpg"), snapshot.clone()).await;
     for key in &signed_misses {

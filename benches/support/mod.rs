@@ -50,3 +50,11 @@ pub fn presign(region: &RegionConfig, key: &str) -> String {
     instructions.apply_to_request_http1x(&mut request);
     request.uri().to_string()
 }
+
+/// `len` bytes of a repeating pattern (distinct per `modulus`), for test objects.
+pub fn pattern(len: usize, modulus: usize) -> bytes::Bytes {
+    (0..len)
+        .map(|i| (i % modulus) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
