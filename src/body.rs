@@ -25,7 +25,7 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Parts(std::collections::VecDeque<Bytes>),
-    Channel(mpsc::Receiver<Result<Bytes, FillFailed>>),
+    Channel(Option<Bytes>, mpsc::Receiver<Result<Bytes, FillFailed>>),
     Upstream(Incoming),
 }
 
@@ -57,10 +57,11 @@ impl ResponseBody {
         }
     }
 
-    /// Pieces produced by a task; an `Err` cuts the response (never a short "complete" body).
-    pub fn channel(rx: mpsc::Receiver<Result<Bytes, FillFailed>>) -> Self {
+    /// `first`, then pieces produced by a task; an `Err` cuts the response (never a short
+    /// "complete" body).
+    pub fn channel(first: Option<Bytes>, rx: mpsc::Receiver<Result<Bytes, FillFailed>>) -> Self {
         ResponseBody {
-            kind: Kind::Channel(rx),
+            kind: Kind::Channel(first, rx),
             log: None,
         }
     }
@@ -95,9 +96,12 @@ impl Body for ResponseBody {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Parts(parts) => Poll::Ready(parts.pop_front().map(|b| Ok(Frame::data(b)))),
-            Kind::Channel(rx) => rx
-                .poll_recv(cx)
-                .map(|piece| piece.map(|r| r.map(Frame::data).map_err(BodyError::from))),
+            Kind::Channel(first, rx) => match first.take() {
+                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                None => rx
+                    .poll_recv(cx)
+                    .map(|piece| piece.map(|r| r.map(Frame::data).map_err(BodyError::from))),
+            },
             Kind::Upstream(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|r| r.map_err(BodyError::from))),
@@ -128,7 +132,7 @@ impl Body for ResponseBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Parts(parts) => SizeHint::with_exact(parts.iter().map(|b| b.len() as u64).sum()),
-            Kind::Channel(_) => SizeHint::default(),
+            Kind::Channel(..) => SizeHint::default(),
             Kind::Upstream(body) => body.size_hint(),
         }
     }
@@ -141,7 +145,7 @@ impl Kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Parts(parts) => parts.is_empty(),
             // Ends when the producer closes the channel; hyper knows the length from headers.
-            Kind::Channel(_) => false,
+            Kind::Channel(..) => false,
             Kind::Upstream(body) => body.is_end_stream(),
         }
     }

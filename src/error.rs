@@ -34,6 +34,9 @@ pub enum GatewayError {
         /// The region the backend named in `x-amz-bucket-region`.
         actual: String,
     },
+    /// A cache fetch from the backend failed before any byte was sent.
+    #[error("backend fetch failed")]
+    UpstreamFetch,
     /// The backend did not answer in time.
     #[error("backend timed out ({0})")]
     UpstreamTimeout(&'static str),
@@ -62,6 +65,7 @@ impl GatewayError {
             GatewayError::PreflightRefused(_) => StatusCode::FORBIDDEN,
             GatewayError::UpstreamStatus { .. }
             | GatewayError::WrongRegion { .. }
+            | GatewayError::UpstreamFetch
             | GatewayError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Signing(_) | GatewayError::Internal(_) => {
@@ -80,6 +84,7 @@ impl GatewayError {
             GatewayError::PreflightRefused(_) => "cors preflight refused\n",
             GatewayError::UpstreamStatus { .. }
             | GatewayError::WrongRegion { .. }
+            | GatewayError::UpstreamFetch
             | GatewayError::UpstreamConnect(_) => "bad gateway\n",
             GatewayError::UpstreamTimeout(_) => "gateway timeout\n",
             GatewayError::Signing(_) | GatewayError::Internal(_) => "internal error\n",

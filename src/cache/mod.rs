@@ -226,11 +226,11 @@ impl Cache {
                     }
                     Some(Ok(span)) => {
                         self.file_response(upstream, &key, found, method, span, true)
-                            .await
+                            .await?
                     }
                     None => {
                         self.file_response(upstream, &key, found, method, whole, false)
-                            .await
+                            .await?
                     }
                 }
             }
@@ -320,11 +320,11 @@ impl Cache {
         method: &Method,
         span: Span,
         partial: bool,
-    ) -> Response<ResponseBody> {
+    ) -> Result<Response<ResponseBody>, GatewayError> {
         let body = if method == Method::HEAD || span.is_empty() {
             ResponseBody::empty()
         } else {
-            self.body(upstream, key, found, span).await
+            self.body(upstream, key, found, span).await?
         };
         let mut response = Response::new(body);
         let h = response.headers_mut();
@@ -338,18 +338,20 @@ impl Cache {
                 response.headers_mut().insert(CONTENT_RANGE, value);
             }
         }
-        response
+        Ok(response)
     }
 
     /// The bytes of `span`: straight from the store when every chunk is there, otherwise
-    /// from a producer that follows fetches as they arrive.
+    /// from a producer that follows fetches as they arrive. The producer's first piece is
+    /// awaited before the response head goes out, so head and first bytes leave together and
+    /// a fetch that fails at once is a clean 502 rather than a cut body.
     async fn body(
         &self,
         upstream: &Arc<Upstream>,
         key: &ObjectKey,
         found: &ObjectMeta,
         span: Span,
-    ) -> ResponseBody {
+    ) -> Result<ResponseBody, GatewayError> {
         let inner = &self.inner;
         let (first, last) = (
             span.start / inner.chunk_size,
@@ -365,7 +367,7 @@ impl Cache {
                 }
             }
             if parts.len() as u64 == last - first + 1 {
-                return ResponseBody::parts(parts);
+                return Ok(ResponseBody::parts(parts));
             }
         }
         let (tx, rx) = mpsc::channel(4);
@@ -378,7 +380,12 @@ impl Cache {
             tx,
         };
         tokio::spawn(producer.run());
-        ResponseBody::channel(rx)
+        let mut rx = rx;
+        match rx.recv().await {
+            Some(Ok(first)) => Ok(ResponseBody::channel(Some(first), rx)),
+            Some(Err(_)) => Err(GatewayError::UpstreamFetch),
+            None => Err(GatewayError::Internal("chunk producer ended without data")),
+        }
     }
 
     /// Drops the cached files of an account, of a recording (`name`: all four files) or one
