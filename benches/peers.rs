@@ -78,6 +78,8 @@ struct Server {
     name: &'static str,
     base: String,
     child: Child,
+    /// A folder outside the temporary directory to remove afterwards (nginx's tmpfs cache).
+    scratch: Option<PathBuf>,
 }
 
 impl Server {
@@ -92,12 +94,26 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        for pid in self.pids().into_iter().rev() {
+        // TERM to the root lets nginx and varnishd stop their own children (killing the
+        // children first makes a master respawn them); KILL whatever is left after that.
+        let pids = self.pids();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for pid in pids.into_iter().rev() {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
                 .status();
         }
         let _ = self.child.wait();
+        if let Some(cache) = &self.scratch {
+            let _ = std::fs::remove_dir_all(cache);
+        }
     }
 }
 
@@ -294,6 +310,7 @@ fn spawn_pinned(
         name,
         base: format!("http://127.0.0.1:{port}/eu1"),
         child,
+        scratch: None,
     }
 }
 
