@@ -175,7 +175,7 @@ pub struct AccessLog {
     /// Path without the query string.
     pub path: String,
     /// Region name, when the route resolved.
-    pub region: Option<String>,
+    pub region: Option<std::sync::Arc<str>>,
     /// Status sent to the client.
     pub status: u16,
     /// Status the backend answered, when it was asked directly.

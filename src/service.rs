@@ -50,7 +50,7 @@ struct Inner {
     /// The edge cache, unless disabled.
     cache: Option<Cache>,
     /// Region names, for the access log.
-    region_names: Vec<String>,
+    region_names: Vec<Arc<str>>,
     /// CORS header values.
     cors: Cors,
 }
@@ -85,7 +85,11 @@ impl Gateway {
                 router,
                 upstreams,
                 cache,
-                region_names: config.regions.iter().map(|r| r.name.clone()).collect(),
+                region_names: config
+                    .regions
+                    .iter()
+                    .map(|r| Arc::from(r.name.as_str()))
+                    .collect(),
                 cors,
             }),
         })
@@ -99,7 +103,7 @@ impl Gateway {
 
     /// The index of a region in the region table.
     pub fn region_index(&self, region: &str) -> Option<usize> {
-        self.inner.region_names.iter().position(|n| n == region)
+        self.inner.region_names.iter().position(|n| **n == *region)
     }
 
     /// The edge cache, when enabled.

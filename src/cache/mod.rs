@@ -167,7 +167,6 @@ impl Cache {
             region: object.region,
             key: object.key.clone(),
         };
-        let start = first_wanted_chunk(headers, self.inner.chunk_size);
         if method == Method::HEAD && !self.inner.store.has_meta(&key) {
             // A HEAD miss is not worth fetching chunks for: ask the backend directly.
             self.inner.metrics.misses.inc();
@@ -175,7 +174,7 @@ impl Cache {
                 "s3edge; fwd=method; detail=head-miss",
             )));
         }
-        let (meta, outcome) = self.lookup(upstream, &key, object.kind, start).await?;
+        let (meta, outcome) = self.lookup(upstream, &key, object.kind, headers).await?;
         let age = meta.validated_at.elapsed().as_secs();
         let found = match &meta.state {
             MetaState::Missing => {
@@ -246,19 +245,22 @@ impl Cache {
         Ok(Served::Response(response))
     }
 
-    /// Fresh metadata, stale within its windows, or from the backend.
+    /// Fresh metadata, stale within its windows, or from the backend (a probe starts at the
+    /// chunk where the client's Range does).
     async fn lookup(
         &self,
         upstream: &Arc<Upstream>,
         key: &ObjectKey,
         kind: FileKind,
-        start: u64,
+        headers: &HeaderMap,
     ) -> Result<(Arc<StoredMeta>, Outcome), GatewayError> {
         let inner = &self.inner;
         let config = &inner.config;
+        // Only a probe needs it: hits never parse the Range twice.
+        let start = || first_wanted_chunk(headers, inner.chunk_size);
         let Some(meta) = inner.store.meta(key).await else {
             inner.metrics.misses.inc();
-            let probed = inner.probe(upstream, key, kind, None, start, true).await;
+            let probed = inner.probe(upstream, key, kind, None, start(), true).await;
             return probed
                 .map(|p| (p.meta, Outcome::Miss))
                 .map_err(GatewayError::Shared);
@@ -297,7 +299,7 @@ impl Cache {
         }
         let validator = found.then(|| meta.clone());
         match inner
-            .probe(upstream, key, kind, validator, start, false)
+            .probe(upstream, key, kind, validator, start(), false)
             .await
         {
             Ok(probed) if probed.unchanged => Ok((probed.meta, Outcome::Revalidated)),
