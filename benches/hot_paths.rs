@@ -91,7 +91,14 @@ fn cache_hit(c: &mut Criterion) {
         demo::upload_sample(&gateway, &config.regions)
             .await
             .unwrap();
-        let upstream = Arc::new(Upstream::new(&config.regions[0], config.timeouts).unwrap());
+        let upstream = Arc::new(
+            Upstream::new(
+                &config.regions[0],
+                &config,
+                &s3edge::metrics::Metrics::new(None),
+            )
+            .unwrap(),
+        );
         let router = Router::new(
             config
                 .regions

@@ -1,7 +1,9 @@
-//! The admin listener (loopback by default): health, cache metrics, and purge.
+//! The admin listener (loopback by default): health, readiness, metrics, and purge.
 //!
-//! - `GET /healthz` → `ok`
-//! - `GET /metrics` → Prometheus text of the cache counters
+//! - `GET /healthz` → `ok` while the process serves
+//! - `GET /readyz` → 200 when every region's backend answers, or can be served stale from
+//!   the cache; 503 otherwise. The body lists each region's state.
+//! - `GET /metrics` → Prometheus (OpenMetrics) text
 //! - `DELETE /cache/{region}/{account}` → drop an account's files
 //! - `DELETE /cache/{region}/{account}/{name}` → drop a recording's four files
 //! - `DELETE /cache/{region}/{account}/{name}{suffix}` → drop one file
@@ -9,7 +11,6 @@
 //! When a token is configured, every request needs `Authorization: Bearer {token}`.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,15 +24,16 @@ use tokio::sync::watch;
 
 use crate::cache::PurgeTarget;
 use crate::route::FileKind;
-use crate::service::Gateway;
+use crate::service::{Gateway, LiveGateway};
 
 /// Serves the admin endpoints until `stop` turns true.
 pub async fn serve(
     listener: TcpListener,
-    gateway: Gateway,
+    gateway: impl Into<LiveGateway>,
     token: Option<String>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let live: LiveGateway = gateway.into();
     let token: Option<Arc<str>> = token.map(Into::into);
     loop {
         let stream = tokio::select! {
@@ -41,12 +43,13 @@ pub async fn serve(
             },
             _ = stop.changed() => return,
         };
-        let gateway = gateway.clone();
+        let live = live.clone();
         let token = token.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = handle(&gateway, token.as_deref(), &request);
-                async move { Ok::<_, Infallible>(response) }
+                let gateway = live.current();
+                let token = token.clone();
+                async move { Ok::<_, Infallible>(handle(&gateway, token.as_deref(), &request).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -55,7 +58,7 @@ pub async fn serve(
     }
 }
 
-fn handle(
+async fn handle(
     gateway: &Gateway,
     token: Option<&str>,
     request: &Request<Incoming>,
@@ -73,7 +76,17 @@ fn handle(
     let path = request.uri().path();
     match (request.method(), path) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
-        (&Method::GET, "/metrics") => text(StatusCode::OK, metrics(gateway)),
+        (&Method::GET, "/readyz") => readyz(gateway).await,
+        (&Method::GET, "/metrics") => {
+            let mut response = text(StatusCode::OK, gateway.metrics().encode());
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
         (&Method::DELETE, _) if path.starts_with("/cache/") => {
             purge(gateway, &path["/cache/".len()..])
         }
@@ -125,99 +138,43 @@ fn purge(gateway: &Gateway, rest: &str) -> Response<Full<Bytes>> {
     }
 }
 
-fn metrics(gateway: &Gateway) -> String {
-    let mut out = String::new();
-    let Some(cache) = gateway.cache() else {
-        return "# cache disabled\n".into();
+/// Asks every region's backend at once; a region that does not answer still counts as
+/// ready when the cache can serve its files stale.
+async fn readyz(gateway: &Gateway) -> Response<Full<Bytes>> {
+    let probes = gateway.upstreams().iter().map(|upstream| async move {
+        let reachable = upstream.probe(READY_PROBE_TIMEOUT).await;
+        (
+            upstream.name().to_string(),
+            reachable,
+            upstream.is_unavailable(),
+        )
+    });
+    let results = futures_util::future::join_all(probes).await;
+    let can_serve_stale = gateway.cache().is_some();
+    let mut ready = true;
+    let mut body = String::new();
+    for (name, reachable, circuit_open) in results {
+        let state = match (reachable, can_serve_stale) {
+            (true, _) => "ok",
+            (false, true) => "unreachable, serving stale",
+            (false, false) => {
+                ready = false;
+                "unreachable"
+            }
+        };
+        let circuit = if circuit_open { " (circuit open)" } else { "" };
+        body.push_str(&format!("{name}: {state}{circuit}\n"));
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    let s = cache.stats();
-    let counters = [
-        (
-            "s3edge_cache_hits_total",
-            "Requests answered from fresh cache metadata.",
-            s.hits,
-        ),
-        (
-            "s3edge_cache_misses_total",
-            "Requests whose metadata was fetched.",
-            s.misses,
-        ),
-        (
-            "s3edge_cache_stale_total",
-            "Stale serves (while revalidating or on error).",
-            s.stale,
-        ),
-        (
-            "s3edge_cache_revalidations_total",
-            "Revalidations sent upstream.",
-            s.revalidations,
-        ),
-        (
-            "s3edge_cache_revalidated_unchanged_total",
-            "Revalidations answered 304.",
-            s.revalidated_unchanged,
-        ),
-        (
-            "s3edge_cache_collapsed_total",
-            "Requests that joined a fetch in flight.",
-            s.collapsed,
-        ),
-        (
-            "s3edge_cache_upstream_fetches_total",
-            "Upstream requests sent by the cache.",
-            s.upstream_fetches,
-        ),
-        (
-            "s3edge_cache_chunks_stored_total",
-            "Chunks stored.",
-            s.chunks_stored,
-        ),
-        (
-            "s3edge_cache_evictions_total",
-            "Entries evicted for space or age.",
-            s.evictions,
-        ),
-        (
-            "s3edge_cache_negative_hits_total",
-            "404s answered from the negative cache.",
-            s.negative_hits,
-        ),
-        (
-            "s3edge_cache_bypassed_total",
-            "Objects too large to cache, relayed.",
-            s.bypassed,
-        ),
-        (
-            "s3edge_cache_fetch_failures_total",
-            "Chunk fetches that failed.",
-            s.fetch_failures,
-        ),
-    ];
-    for (name, help, value) in counters {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-        );
-    }
-    for (name, help, value) in [
-        (
-            "s3edge_cache_bytes",
-            "Weighted bytes held by the cache.",
-            s.bytes,
-        ),
-        (
-            "s3edge_cache_entries",
-            "Entries held by the cache.",
-            s.entries,
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-        );
-    }
-    out
+    text(status, body)
 }
+
+/// How long `/readyz` waits for each backend.
+const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));

@@ -8,10 +8,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
 use crate::cache::fill::FillFailed;
+use crate::metrics::{Metrics, RequestLabels};
+use crate::upstream::UpstreamBody;
 
 /// The body of every response the gateway sends.
 #[derive(Debug)]
@@ -26,7 +27,7 @@ enum Kind {
     Full(Option<Bytes>),
     Parts(std::collections::VecDeque<Bytes>),
     Channel(Option<Bytes>, mpsc::Receiver<Result<Bytes, FillFailed>>),
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
 }
 
 /// Why a body stream ended early.
@@ -67,7 +68,7 @@ impl ResponseBody {
     }
 
     /// The backend's body, forwarded as it arrives; backpressure reaches the backend.
-    pub fn upstream(body: Incoming) -> Self {
+    pub fn upstream(body: UpstreamBody) -> Self {
         ResponseBody {
             kind: Kind::Upstream(body),
             log: None,
@@ -190,11 +191,42 @@ pub struct AccessLog {
     pub complete: bool,
     /// Why the body stream failed, if it did.
     pub failure: Option<String>,
+    /// Where the request is counted.
+    pub metrics: Metrics,
+}
+
+/// The metrics label of a `Cache-Status` value.
+fn cache_label(status: Option<&http::HeaderValue>) -> &'static str {
+    let Some(value) = status.map(http::HeaderValue::as_bytes) else {
+        return "none";
+    };
+    let has = |needle: &[u8]| value.windows(needle.len()).any(|w| w == needle);
+    if has(b"detail=stale") {
+        "stale"
+    } else if has(b"; hit") {
+        "hit"
+    } else if has(b"fwd=stale") {
+        "revalidated"
+    } else if has(b"fwd=miss") {
+        "miss"
+    } else {
+        "bypass"
+    }
 }
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
         let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let labels = RequestLabels {
+            region: self
+                .region
+                .clone()
+                .unwrap_or_else(|| std::sync::Arc::from("-")),
+            status: self.status,
+            cache: cache_label(self.cache.as_ref()),
+        };
+        self.metrics
+            .request(&labels, self.bytes, self.failure.is_some());
         let outcome = match (&self.failure, self.complete) {
             (Some(_), _) => "failed",
             (None, true) => "complete",

@@ -43,6 +43,12 @@ pub enum GatewayError {
     /// The backend could not be reached or the connection failed.
     #[error("backend unreachable")]
     UpstreamConnect(#[source] hyper_util::client::legacy::Error),
+    /// The region's circuit is open: its backend kept failing, so it is not asked now.
+    #[error("region unavailable (circuit open)")]
+    RegionUnavailable,
+    /// The request target is longer than the configured limit.
+    #[error("uri too long")]
+    UriTooLong,
     /// The request could not be signed.
     #[error("signing failed: {0}")]
     Signing(String),
@@ -68,6 +74,8 @@ impl GatewayError {
             | GatewayError::UpstreamFetch
             | GatewayError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::RegionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::Signing(_) | GatewayError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -87,6 +95,8 @@ impl GatewayError {
             | GatewayError::UpstreamFetch
             | GatewayError::UpstreamConnect(_) => "bad gateway\n",
             GatewayError::UpstreamTimeout(_) => "gateway timeout\n",
+            GatewayError::RegionUnavailable => "service unavailable\n",
+            GatewayError::UriTooLong => "uri too long\n",
             GatewayError::Signing(_) | GatewayError::Internal(_) => "internal error\n",
         }
     }
@@ -101,6 +111,30 @@ impl GatewayError {
             source = cause.source();
         }
         detail
+    }
+
+    /// The metrics label of an upstream failure.
+    pub fn upstream_kind(&self) -> &'static str {
+        match self {
+            GatewayError::Shared(inner) => inner.upstream_kind(),
+            GatewayError::UpstreamConnect(e) if e.is_connect() => "connect",
+            GatewayError::UpstreamConnect(_) => "reset",
+            GatewayError::UpstreamTimeout("connect") => "timeout_connect",
+            GatewayError::UpstreamTimeout(_) => "timeout_head",
+            GatewayError::UpstreamStatus { .. } => "status",
+            GatewayError::RegionUnavailable => "circuit_open",
+            _ => "other",
+        }
+    }
+
+    /// Whether an idempotent request that failed this way may be sent again: the backend
+    /// was unreachable or dropped the connection. A response-head timeout is not retried,
+    /// so the client hears within the configured time.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::UpstreamConnect(_) | GatewayError::UpstreamTimeout("connect")
+        )
     }
 
     /// Whether operators need to hear about it (server-side faults), as opposed to client noise.

@@ -1,27 +1,33 @@
 //! s3edge: an edge gateway in front of the recording buckets.
 //!
 //! # Layout (the data path, in order)
-//! - [`server`]: listeners (plain HTTP, HTTPS with SNI, HTTP/1.1 and HTTP/2), graceful shutdown.
+//! - [`server`]: listeners (plain HTTP, HTTPS with SNI, HTTP/1.1 and HTTP/2), client limits,
+//!   graceful shutdown; [`idle`]: the keep-alive idle limit.
 //! - [`service`]: one request through its phases: method → route → upstream → response → CORS.
 //! - [`route`]: Host and path → a typed [`route::ObjectRef`]; the only URL parser.
 //! - [`cache`]: the in-memory edge cache: metadata, chunks, collapsed fetches, freshness.
 //! - [`range`]: Range, If-Range and precondition arithmetic.
-//! - [`upstream`]: per-region pooled client, SigV4 signing, status mapping.
+//! - [`upstream`]: per-region pooled client, SigV4 signing, retries, idle-limited bodies.
+//! - [`circuit`]: the per-region circuit breaker.
 //! - [`body`]: the one response body type, and the access log written when it ends.
 //! - [`cors`]: CORS headers and preflights.
 //! - [`error`]: the one request-path error type and its responses.
 //! - [`config`]: TOML → validated [`config::Config`].
 //! - [`policy`]: storage class and encryption of writes.
-//! - [`admin`]: health, metrics and purge on a separate (loopback) listener.
+//! - [`admin`]: health, readiness, metrics and purge on a separate (loopback) listener.
+//! - [`metrics`]: the Prometheus series.
 //! - [`demo`]: embedded S3 backends and a sample recording (`s3edge demo`, tests).
 
 pub mod admin;
 pub mod body;
 pub mod cache;
+pub mod circuit;
 pub mod config;
 pub mod cors;
 pub mod demo;
 pub mod error;
+pub mod idle;
+pub mod metrics;
 pub mod policy;
 pub mod range;
 pub mod route;
@@ -94,7 +100,14 @@ pub async fn run(
             tracing::info!(%addr, scheme, "listening");
         }
     }
-    server::serve(gateway, listeners, config.shutdown_grace, shutdown).await;
+    server::serve(
+        gateway,
+        listeners,
+        config.limits,
+        config.shutdown_grace,
+        shutdown,
+    )
+    .await;
     let _ = admin_stop.send(true);
     Ok(())
 }

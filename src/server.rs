@@ -1,5 +1,10 @@
 //! Listeners: plain HTTP and HTTPS (rustls, one certificate per SNI name with a default,
-//! HTTP/1.1 and HTTP/2 by ALPN), and graceful shutdown with a deadline.
+//! HTTP/1.1 and HTTP/2 by ALPN), client limits, and graceful shutdown with a deadline.
+//!
+//! Limits: at most `max_connections` open connections (further clients wait in the listen
+//! backlog); a request head must arrive within `header_read_timeout` and fit in
+//! `max_header_bytes` (else 431); a connection that moves no byte for `keep_alive_idle` is
+//! closed; HTTP/2 streams and flow-control windows are bounded.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -16,14 +21,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::CertificateConfig;
-use crate::service::Gateway;
-
-/// How long a client may take for its TLS handshake or its request head.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::config::{CertificateConfig, Limits};
+use crate::idle::{IdleTracked, idle_for};
+use crate::service::LiveGateway;
 
 /// A bound listener and, for HTTPS, its TLS acceptor.
 pub struct Listener {
@@ -36,30 +39,41 @@ pub struct Listener {
 /// Serves `gateway` on every listener until `shutdown` resolves, then lets in-flight
 /// responses finish for at most `grace`.
 pub async fn serve(
-    gateway: Gateway,
+    gateway: impl Into<LiveGateway>,
     listeners: Vec<Listener>,
+    limits: Limits,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
+    let live: LiveGateway = gateway.into();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
-    let builder = Arc::new(builder);
+        .max_concurrent_streams(limits.h2_max_streams)
+        .initial_stream_window_size(limits.h2_stream_window)
+        .initial_connection_window_size(limits.h2_connection_window)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_send_buf_size(256 * 1024);
+    let shared = Arc::new(Shared {
+        builder,
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        limits,
+    });
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_tasks = Vec::with_capacity(listeners.len());
     for listener in listeners {
         let accept = accept_loop(
             listener,
-            gateway.clone(),
-            builder.clone(),
+            live.clone(),
+            shared.clone(),
             graceful.clone(),
             stop_rx.clone(),
         );
@@ -71,7 +85,7 @@ pub async fn serve(
     for task in accept_tasks {
         let _ = task.await;
     }
-    // The accept loops are gone, so this is the last reference.
+    // The accept loops are gone, so this is the last reference (connections hold watchers).
     let Ok(graceful) = Arc::try_unwrap(graceful) else {
         return;
     };
@@ -83,14 +97,33 @@ pub async fn serve(
     }
 }
 
+/// What every accept loop shares.
+struct Shared {
+    /// HTTP/1.1 and HTTP/2 settings.
+    builder: auto::Builder<TokioExecutor>,
+    /// One permit per open connection.
+    slots: Arc<Semaphore>,
+    /// Client limits.
+    limits: Limits,
+}
+
 async fn accept_loop(
     listener: Listener,
-    gateway: Gateway,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    live: LiveGateway,
+    shared: Arc<Shared>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
+        // Wait for a free slot first: excess clients queue in the kernel's backlog instead of
+        // costing a descriptor and a task each.
+        let permit = tokio::select! {
+            permit = shared.slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.tcp.accept() => match accepted {
                 Ok(conn) => conn,
@@ -104,40 +137,56 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let gateway = live.current();
+        let counted = gateway.metrics().connection();
+        let shared = shared.clone();
         let tls = listener.tls.clone();
+        let live = live.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _permit = permit;
+            let _counted = counted;
             let service = service_fn(move |request| {
-                let gateway = gateway.clone();
+                let gateway = live.current();
                 async move { Ok::<_, Infallible>(gateway.handle(request).await) }
             });
-            let result =
-                match tls {
-                    None => {
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
+            let idle = shared.limits.keep_alive_idle;
+            let (stream, activity) = IdleTracked::new(stream);
+            let result = match tls {
+                None => {
+                    let conn = shared
+                        .builder
+                        .serve_connection(TokioIo::new(stream), service);
+                    let watched = watcher.watch(conn.into_owned());
+                    tokio::select! {
+                        result = watched => result,
+                        () = idle_for(&activity, idle) => Ok(()),
                     }
-                    Some(acceptor) => {
-                        let stream =
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(stream)) => stream,
-                                Ok(Err(error)) => {
-                                    tracing::debug!(%peer, %error, "tls handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "tls handshake timed out");
-                                    return;
-                                }
-                            };
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let handshake = shared.limits.header_read_timeout;
+                    let stream =
+                        match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%peer, %error, "tls handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "tls handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn = shared
+                        .builder
+                        .serve_connection(TokioIo::new(stream), service);
+                    let watched = watcher.watch(conn.into_owned());
+                    tokio::select! {
+                        result = watched => result,
+                        () = idle_for(&activity, idle) => Ok(()),
                     }
-                };
+                }
+            };
             if let Err(error) = result {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }

@@ -17,8 +17,9 @@ use crate::cache::{CACHE_STATUS, Cache, Served};
 use crate::config::Config;
 use crate::cors::{self, Cors};
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::route::{ObjectRef, Router};
-use crate::upstream::{self, Upstream};
+use crate::upstream::{self, Upstream, UpstreamBody};
 
 /// Backend response headers the client gets; everything else (`x-amz-*`, `Server`) is dropped.
 const PASSED_RESPONSE_HEADERS: [HeaderName; 9] = [
@@ -53,6 +54,39 @@ struct Inner {
     region_names: Vec<Arc<str>>,
     /// CORS header values.
     cors: Cors,
+    /// Process metrics.
+    metrics: Metrics,
+    /// Longest request target accepted.
+    max_uri_bytes: usize,
+}
+
+/// The gateway currently serving, swapped whole on reload: a request keeps the gateway it
+/// started with, so in-flight requests finish on the old config.
+#[derive(Clone, Debug)]
+pub struct LiveGateway(Arc<arc_swap::ArcSwap<Gateway>>);
+
+impl LiveGateway {
+    /// The gateway new requests use.
+    pub fn current(&self) -> Gateway {
+        Gateway::clone(&self.0.load())
+    }
+
+    /// Makes `gateway` the one new requests use.
+    pub fn replace(&self, gateway: Gateway) {
+        self.0.store(Arc::new(gateway));
+    }
+}
+
+impl From<Gateway> for LiveGateway {
+    fn from(gateway: Gateway) -> Self {
+        LiveGateway(Arc::new(arc_swap::ArcSwap::from_pointee(gateway)))
+    }
+}
+
+impl From<&LiveGateway> for LiveGateway {
+    fn from(live: &LiveGateway) -> Self {
+        live.clone()
+    }
 }
 
 /// What the request asked for, read once from the client's headers.
@@ -64,8 +98,23 @@ struct Conditional {
 }
 
 impl Gateway {
-    /// Builds the per-region clients and the router from a validated config.
+    /// Builds the per-region clients, the router and a new cache from a validated config.
     pub fn new(config: &Config) -> Result<Self, GatewayError> {
+        let cache = config.cache.enabled.then(|| Cache::new(&config.cache));
+        let metrics = Metrics::new(cache.clone());
+        Gateway::build(config, cache, metrics)
+    }
+
+    /// A gateway for a new config that keeps this one's cache and metrics (reload).
+    pub fn reconfigured(&self, config: &Config) -> Result<Self, GatewayError> {
+        Gateway::build(config, self.inner.cache.clone(), self.inner.metrics.clone())
+    }
+
+    fn build(
+        config: &Config,
+        cache: Option<Cache>,
+        metrics: Metrics,
+    ) -> Result<Self, GatewayError> {
         let router = Router::new(
             config
                 .regions
@@ -75,9 +124,8 @@ impl Gateway {
         let upstreams = config
             .regions
             .iter()
-            .map(|r| Upstream::new(r, config.timeouts).map(Arc::new))
+            .map(|r| Upstream::new(r, config, &metrics).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let cache = config.cache.enabled.then(|| Cache::new(&config.cache));
         let cors =
             Cors::new(&config.cors).map_err(|_| GatewayError::Internal("invalid cors header"))?;
         Ok(Gateway {
@@ -91,6 +139,8 @@ impl Gateway {
                     .map(|r| Arc::from(r.name.as_str()))
                     .collect(),
                 cors,
+                metrics,
+                max_uri_bytes: config.limits.max_uri_bytes,
             }),
         })
     }
@@ -104,6 +154,16 @@ impl Gateway {
     /// The index of a region in the region table.
     pub fn region_index(&self, region: &str) -> Option<usize> {
         self.inner.region_names.iter().position(|n| **n == *region)
+    }
+
+    /// The upstreams, in region order.
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.inner.upstreams
+    }
+
+    /// Process metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// The edge cache, when enabled.
@@ -127,6 +187,7 @@ impl Gateway {
             start,
             complete: false,
             failure: None,
+            metrics: self.inner.metrics.clone(),
         };
         let mut response = match self.handle_inner(&request, &mut log).await {
             Ok(response) => response,
@@ -157,6 +218,11 @@ impl Gateway {
         }
         if method != Method::GET && method != Method::HEAD {
             return Err(GatewayError::MethodNotAllowed);
+        }
+        let uri = request.uri();
+        let target_len = uri.path().len() + uri.query().map_or(0, |q| q.len() + 1);
+        if target_len > self.inner.max_uri_bytes {
+            return Err(GatewayError::UriTooLong);
         }
         let object = self
             .inner
@@ -253,7 +319,7 @@ impl Conditional {
 async fn relay(
     method: &Method,
     object: &ObjectRef,
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let status = response.status();
     match status {
@@ -330,8 +396,17 @@ fn request_host<B>(request: &Request<B>) -> Option<&str> {
 /// The client's view of an error: status and a fixed short text.
 fn error_response(error: &GatewayError) -> Response<ResponseBody> {
     let mut response = short_response(error.status(), error.public_message());
-    if matches!(error, GatewayError::MethodNotAllowed) {
-        response.headers_mut().insert(ALLOW, ALLOWED_METHODS);
+    match error {
+        GatewayError::MethodNotAllowed => {
+            response.headers_mut().insert(ALLOW, ALLOWED_METHODS);
+        }
+        // The circuit's first cool-down is short; a player may try again soon.
+        GatewayError::RegionUnavailable => {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("2"));
+        }
+        _ => {}
     }
     response
 }

@@ -13,14 +13,13 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use super::CacheInner;
 use super::store::{ChunkKey, MetaState, ObjectKey, ObjectMeta, StoredMeta};
 use crate::error::GatewayError;
 use crate::route::FileKind;
-use crate::upstream::{self, Upstream};
+use crate::upstream::{self, Upstream, UpstreamBody};
 
 /// At most this many chunks are fetched by one upstream request.
 pub const MAX_RUN_CHUNKS: u64 = 16;
@@ -361,9 +360,9 @@ impl Probe {
     /// Reads the answer's head into metadata, registering the chunks its body carries.
     async fn interpret(
         &self,
-        response: http::Response<Incoming>,
+        response: http::Response<UpstreamBody>,
         first: u64,
-    ) -> Result<(Probed, Option<(Fill, Incoming)>), Arc<GatewayError>> {
+    ) -> Result<(Probed, Option<(Fill, UpstreamBody)>), Arc<GatewayError>> {
         let inner = &self.inner;
         let probed = |state: MetaState, unchanged: bool| Probed {
             meta: StoredMeta::new(state),
@@ -496,7 +495,7 @@ impl Fill {
     }
 
     /// Splits the body into the run's chunks; stores each complete chunk.
-    async fn stream(mut self, mut body: Incoming) {
+    async fn stream(mut self, mut body: UpstreamBody) {
         while self.current < self.run.len() {
             let frame = match body.frame().await {
                 Some(Ok(frame)) => frame,
@@ -581,7 +580,7 @@ fn range_header(first: u64, last: u64) -> HeaderValue {
 }
 
 /// The full length from `Content-Range: bytes a-b/len` (206) or `Content-Length` (200).
-fn response_length(response: &http::Response<Incoming>) -> Option<u64> {
+fn response_length(response: &http::Response<UpstreamBody>) -> Option<u64> {
     let headers = response.headers();
     if response.status() == StatusCode::PARTIAL_CONTENT {
         let range = headers.get(CONTENT_RANGE)?.to_str().ok()?;

@@ -127,6 +127,7 @@ impl Backends {
                 provider: spec.provider,
                 connect_to: None,
                 credentials,
+                timeouts: None,
             });
             backends.push(backend);
         }
@@ -178,9 +179,10 @@ pub fn render_toml(config: &crate::config::Config) -> String {
     );
     let _ = writeln!(
         out,
-        "[timeouts]\nconnect = \"{}ms\"\nresponse_head = \"{}ms\"\n",
+        "[timeouts]\nconnect = \"{}ms\"\nresponse_head = \"{}ms\"\nbody_idle = \"{}ms\"\n",
         config.timeouts.connect.as_millis(),
-        config.timeouts.response_head.as_millis()
+        config.timeouts.response_head.as_millis(),
+        config.timeouts.body_idle.as_millis()
     );
     let c = &config.cache;
     let _ = writeln!(
@@ -268,6 +270,7 @@ mod tests {
                     secret_access_key: "S\"q".into(),
                     session_token: None,
                 },
+                timeouts: None,
             })
             .collect();
         let mut config = Config::for_regions(regions, "127.0.0.1:0".parse().unwrap());

@@ -103,12 +103,13 @@ impl Harness {
         let gateway = Gateway::new(&config).unwrap();
         let served = gateway.clone();
         let grace = config.shutdown_grace;
+        let limits = config.limits;
         let task = tokio::spawn(async move {
             let listeners = vec![Listener {
                 tcp: listener,
                 tls: None,
             }];
-            s3edge::server::serve(served, listeners, grace, async {
+            s3edge::server::serve(served, listeners, limits, grace, async {
                 let _ = rx.await;
             })
             .await;

@@ -1,7 +1,13 @@
-//! Per-region upstream: a pooled keep-alive client, SigV4 signing with `aws-sigv4`, and the
+//! Per-region upstream: a pooled keep-alive client, SigV4 signing with `aws-sigv4`, retries
+//! with jittered backoff before the first byte, the region's circuit breaker, and the
 //! mapping of backend statuses into what the client may see.
 
+mod body;
+
+pub use body::{UpstreamBody, UpstreamBodyError};
+
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
@@ -25,8 +31,20 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::config::{Addressing, RegionConfig, Timeouts};
+use crate::circuit::Circuit;
+use crate::config::{Addressing, Config, RegionConfig, RetryPolicy, Timeouts};
 use crate::error::GatewayError;
+use crate::metrics::{Metrics, RegionMetrics};
+use body::InFlight;
+
+/// Backend statuses worth another try: the backend or a proxy in front of it is overloaded
+/// or restarting.
+const RETRIED_STATUSES: [StatusCode; 4] = [
+    StatusCode::INTERNAL_SERVER_ERROR,
+    StatusCode::BAD_GATEWAY,
+    StatusCode::SERVICE_UNAVAILABLE,
+    StatusCode::GATEWAY_TIMEOUT,
+];
 
 /// Request headers a client may pass to the backend; everything else stays here.
 pub const FORWARDED_REQUEST_HEADERS: [HeaderName; 6] = [
@@ -61,11 +79,24 @@ pub struct Upstream {
     identity: Identity,
     /// Limits on waiting for the backend.
     timeouts: Timeouts,
+    /// Retries before the first byte.
+    retry: RetryPolicy,
+    /// Fails fast while the backend keeps failing.
+    circuit: Circuit,
+    /// This region's series.
+    metrics: Arc<RegionMetrics>,
 }
 
 impl Upstream {
-    /// Builds the client and precomputes the URL parts of a region.
-    pub fn new(region: &RegionConfig, timeouts: Timeouts) -> Result<Self, GatewayError> {
+    /// Builds the client and precomputes the URL parts of a region; the region's own
+    /// timeouts win over the config's defaults.
+    pub fn new(
+        region: &RegionConfig,
+        config: &Config,
+        metrics: &Metrics,
+    ) -> Result<Self, GatewayError> {
+        let timeouts = region.timeouts.unwrap_or(config.timeouts);
+        let metrics = Arc::new(metrics.region(&Arc::from(region.name.as_str())));
         let scheme = region.endpoint.scheme_str().unwrap_or("https");
         let authority = region
             .endpoint
@@ -102,6 +133,9 @@ impl Upstream {
             signing_region: region.signing_region.clone(),
             identity,
             timeouts,
+            retry: config.retry,
+            circuit: Circuit::new(config.circuit, (*metrics).clone()),
+            metrics,
         })
     }
 
@@ -116,18 +150,82 @@ impl Upstream {
         url
     }
 
-    /// Sends a signed GET or HEAD for `key` carrying only the forwardable headers.
+    /// Sends a signed GET or HEAD for `key` carrying only the forwardable headers. A connect
+    /// error, a reset or a 500/502/503/504 is retried (nothing has reached the client yet);
+    /// while the region's circuit is open, fails at once.
     pub async fn fetch(
         &self,
         method: Method,
         key: &str,
         forward: HeaderMap,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
+        if self.circuit.admit().is_err() {
+            self.metrics.error("circuit_open");
+            return Err(GatewayError::RegionUnavailable);
+        }
         let url = self.object_url(key);
-        let request = self.signed(method, &url, forward, Bytes::new())?;
-        let response = self.send(request).await?;
-        self.check_redirect(&response)?;
-        Ok(response)
+        let mut attempt = 1;
+        loop {
+            let request = self.signed(method.clone(), &url, forward.clone(), Bytes::new())?;
+            let in_flight = InFlight::new(&self.metrics.in_flight);
+            let started = std::time::Instant::now();
+            let outcome = self.send(request).await;
+            let (failure, retryable) = match &outcome {
+                Ok(response) => {
+                    self.metrics
+                        .latency
+                        .observe(started.elapsed().as_secs_f64());
+                    let status = response.status();
+                    let failed = status.is_server_error().then_some("status_5xx");
+                    (failed, RETRIED_STATUSES.contains(&status))
+                }
+                Err(error) => (Some(error.upstream_kind()), error.is_retryable()),
+            };
+            let Some(kind) = failure else {
+                self.circuit.success();
+                let response = outcome?;
+                self.check_redirect(&response)?;
+                let idle = self.timeouts.body_idle;
+                let metrics = self.metrics.clone();
+                return Ok(response.map(|body| UpstreamBody::new(body, idle, metrics, in_flight)));
+            };
+            self.metrics.error(kind);
+            if retryable && attempt < self.retry.attempts {
+                drop(outcome);
+                self.metrics.retries.inc();
+                tokio::time::sleep(self.backoff(attempt)).await;
+                attempt += 1;
+                continue;
+            }
+            self.circuit.failure();
+            let metrics = self.metrics.clone();
+            let idle = self.timeouts.body_idle;
+            return outcome.map(|response| {
+                response.map(|body| UpstreamBody::new(body, idle, metrics, in_flight))
+            });
+        }
+    }
+
+    /// The wait before retry `attempt` (1-based): exponential, capped, with equal jitter so
+    /// that gateways retrying the same backend spread out.
+    fn backoff(&self, attempt: u32) -> std::time::Duration {
+        let exp = self
+            .retry
+            .backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16));
+        let cap = exp.min(self.retry.max_backoff);
+        let half = cap / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+
+    /// Whether the region's circuit is open (requests fail fast).
+    pub fn is_unavailable(&self) -> bool {
+        self.circuit.is_open()
+    }
+
+    /// Region name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Writes an object (the write path: demo set-up, admin tools). `headers` carry the
@@ -148,12 +246,33 @@ impl Upstream {
         Err(upstream_status_error(response).await)
     }
 
-    /// Creates the bucket unless it already exists and is ours (demo and test set-up).
-    pub async fn ensure_bucket(&self) -> Result<(), GatewayError> {
-        let url = match self.addressing {
+    /// Whether the backend answers a signed HEAD of the bucket within `timeout` (any status
+    /// below 500 counts: a 403 still proves the backend is up). For readiness checks.
+    pub async fn probe(&self, timeout: std::time::Duration) -> bool {
+        let Ok(head) = self.signed(
+            Method::HEAD,
+            &self.bucket_url(),
+            HeaderMap::new(),
+            Bytes::new(),
+        ) else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(timeout, self.client.request(head)).await,
+            Ok(Ok(response)) if !response.status().is_server_error()
+        )
+    }
+
+    fn bucket_url(&self) -> String {
+        match self.addressing {
             Addressing::Path => format!("{}/{}", self.base, encode_key(&self.bucket)),
             Addressing::VirtualHosted => format!("{}/", self.base),
-        };
+        }
+    }
+
+    /// Creates the bucket unless it already exists and is ours (demo and test set-up).
+    pub async fn ensure_bucket(&self) -> Result<(), GatewayError> {
+        let url = self.bucket_url();
         let head = self.signed(Method::HEAD, &url, HeaderMap::new(), Bytes::new())?;
         if self.send(head).await?.status().is_success() {
             return Ok(());
@@ -230,7 +349,7 @@ impl Upstream {
     }
 
     /// A 301 means the bucket is in another region: our configuration is wrong.
-    fn check_redirect(&self, response: &Response<Incoming>) -> Result<(), GatewayError> {
+    fn check_redirect<B>(&self, response: &Response<B>) -> Result<(), GatewayError> {
         if response.status() != StatusCode::MOVED_PERMANENTLY {
             return Ok(());
         }
@@ -256,7 +375,11 @@ impl Upstream {
 
 /// Turns an unexpected backend answer into an error, reading at most a little of the XML
 /// body for the S3 error code (for the log; the client never sees it).
-pub async fn upstream_status_error(response: Response<Incoming>) -> GatewayError {
+pub async fn upstream_status_error<B>(response: Response<B>) -> GatewayError
+where
+    B: http_body::Body + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     use http_body_util::BodyExt;
     let status = response.status();
     let limited = http_body_util::Limited::new(response.into_body(), 16 * 1024);

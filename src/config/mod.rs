@@ -11,6 +11,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod policies;
+
+pub use policies::{CircuitPolicy, Limits, RetryPolicy, Timeouts};
+use policies::{RawCircuit, RawLimits, RawRetry, RawTimeouts};
+
 /// A configuration problem: which file, which key, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {key}: {reason}")]
@@ -36,8 +41,14 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// CORS header values.
     pub cors: CorsConfig,
-    /// Upstream timeouts.
+    /// Upstream timeouts (regions may override them).
     pub timeouts: Timeouts,
+    /// Retries of idempotent requests that failed before the first byte.
+    pub retry: RetryPolicy,
+    /// When a failing region is cut off, and for how long.
+    pub circuit: CircuitPolicy,
+    /// Limits on what clients may hold or send.
+    pub limits: Limits,
     /// The regions, in the order they appear in the file (sorted by name).
     pub regions: Vec<RegionConfig>,
     /// The in-memory edge cache.
@@ -137,27 +148,6 @@ impl Default for CorsConfig {
     }
 }
 
-/// Upstream time limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    /// TCP (and TLS) connect.
-    pub connect: Duration,
-    /// From sending the request to the response head.
-    pub response_head: Duration,
-    /// Idle connections kept in the pool this long.
-    pub pool_idle: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            connect: Duration::from_secs(3),
-            response_head: Duration::from_secs(15),
-            pool_idle: Duration::from_secs(60),
-        }
-    }
-}
-
 /// How the bucket appears in upstream URLs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -226,6 +216,8 @@ pub struct RegionConfig {
     pub connect_to: Option<std::net::IpAddr>,
     /// Credentials.
     pub credentials: StaticCredentials,
+    /// This region's own timeouts, when they differ from `[timeouts]`.
+    pub timeouts: Option<Timeouts>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +231,12 @@ struct RawConfig {
     cors: RawCors,
     #[serde(default)]
     timeouts: RawTimeouts,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    circuit: RawCircuit,
+    #[serde(default)]
+    limits: RawLimits,
     #[serde(default)]
     regions: BTreeMap<String, RawRegion>,
     #[serde(default)]
@@ -311,17 +309,6 @@ struct RawCors {
     expose_headers: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTimeouts {
-    #[serde(default, with = "humantime_serde")]
-    connect: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    response_head: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pool_idle: Option<Duration>,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRegion {
@@ -336,6 +323,7 @@ struct RawRegion {
     provider: Provider,
     connect_to: Option<String>,
     credentials: RawCredentials,
+    timeouts: Option<RawTimeouts>,
 }
 
 fn default_addressing() -> Addressing {
@@ -363,6 +351,9 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             cors: CorsConfig::default(),
             timeouts: Timeouts::default(),
+            retry: RetryPolicy::default(),
+            circuit: CircuitPolicy::default(),
+            limits: Limits::default(),
             regions,
             cache: CacheConfig::default(),
             admin: None,
@@ -442,26 +433,16 @@ impl Validator<'_> {
             ));
         }
         let cors = self.cors(raw.cors)?;
-        let defaults = Timeouts::default();
-        let timeouts = Timeouts {
-            connect: raw.timeouts.connect.unwrap_or(defaults.connect),
-            response_head: raw.timeouts.response_head.unwrap_or(defaults.response_head),
-            pool_idle: raw.timeouts.pool_idle.unwrap_or(defaults.pool_idle),
-        };
-        for (key, value) in [
-            ("timeouts.connect", timeouts.connect),
-            ("timeouts.response_head", timeouts.response_head),
-        ] {
-            if value.is_zero() {
-                return Err(self.err(key, "must be greater than zero"));
-            }
-        }
+        let timeouts = self.timeouts("timeouts", &raw.timeouts, Timeouts::default())?;
+        let retry = self.retry(raw.retry)?;
+        let circuit = self.circuit(raw.circuit)?;
+        let limits = self.limits(raw.limits)?;
         if raw.regions.is_empty() {
             return Err(self.err("regions", "at least one region is required"));
         }
         let mut regions = Vec::with_capacity(raw.regions.len());
         for (name, region) in raw.regions {
-            regions.push(self.region(name, region)?);
+            regions.push(self.region(name, region, timeouts)?);
         }
         self.unique_hosts(&regions)?;
         let cache = self.cache(raw.cache)?;
@@ -475,6 +456,9 @@ impl Validator<'_> {
             shutdown_grace: raw.server.shutdown_grace.unwrap_or(Duration::from_secs(10)),
             cors,
             timeouts,
+            retry,
+            circuit,
+            limits,
             regions,
         })
     }
@@ -619,7 +603,12 @@ impl Validator<'_> {
         Ok(cors)
     }
 
-    fn region(&self, name: String, raw: RawRegion) -> Result<RegionConfig, ConfigError> {
+    fn region(
+        &self,
+        name: String,
+        raw: RawRegion,
+        defaults: Timeouts,
+    ) -> Result<RegionConfig, ConfigError> {
         let key = |field: &str| format!("regions.{name}.{field}");
         if name.is_empty()
             || !name
@@ -690,6 +679,10 @@ impl Validator<'_> {
             })?),
         };
         let credentials = self.credentials(&name, raw.credentials)?;
+        let timeouts = raw
+            .timeouts
+            .map(|t| self.timeouts(&key("timeouts"), &t, defaults))
+            .transpose()?;
         Ok(RegionConfig {
             name,
             hosts,
@@ -701,6 +694,7 @@ impl Validator<'_> {
             provider: raw.provider,
             connect_to,
             credentials,
+            timeouts,
         })
     }
 
