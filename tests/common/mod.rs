@@ -21,6 +21,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod faults;
+
 /// Upper bound on any single step of a test.
 pub const STEP: Duration = Duration::from_secs(20);
 

@@ -1,0 +1,371 @@
+//! Faults upstream: a misbehaving backend (a proxy in front of a real s3s backend, see
+//! `common/faults.rs`) hangs, refuses, answers 503, resets, cuts the body, or trickles it.
+//! The client must get a timely 504/502/503, a retried success, or an aborted transfer:
+//! never a hang, never a short body presented as complete, never a partial cache entry.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::faults::{Fault, FaultProxy};
+use common::{Harness, within};
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use s3edge::config::Config;
+use s3edge::demo::SAMPLE_ACCOUNT;
+
+/// A harness whose eu1 backend sits behind a fault proxy (passing traffic for now).
+async fn start(adjust: impl FnOnce(&mut Config)) -> (Harness, FaultProxy) {
+    let mut proxy = None;
+    let h = Harness::start_with(|c| {
+        let eu1 = c.regions.iter_mut().find(|r| r.name == "eu1").unwrap();
+        let target = eu1.endpoint.authority().unwrap().as_str().parse().unwrap();
+        let p = FaultProxy::start(target);
+        eu1.endpoint = p.endpoint();
+        proxy = Some(p);
+        adjust(c);
+    })
+    .await;
+    (h, proxy.unwrap())
+}
+
+fn pattern(len: usize, seed: u8) -> Bytes {
+    (0..len)
+        .map(|i| (i as u64 * 131 + u64::from(seed)) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Puts an object in eu1 (through the proxy, which must be passing) and returns its path.
+async fn put_object(h: &Harness, name: &str, body: &Bytes) -> String {
+    let key = format!("{SAMPLE_ACCOUNT}/{name}.mp4");
+    h.put("eu1", &key, body.clone()).await;
+    format!("/eu1/{key}")
+}
+
+/// What a client saw: status, headers, and the body or the error that cut it.
+struct Outcome {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Result<Bytes, String>,
+}
+
+async fn fetch<C>(client: &Client<C, Empty<Bytes>>, url: &str) -> Outcome
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let request = Request::get(url).body(Empty::new()).unwrap();
+    let response = within(client.request(request)).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = within(body.collect())
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| format!("{e:?}"));
+    Outcome {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// The value of one Prometheus sample, 0 when absent.
+fn metric(h: &Harness, sample: &str) -> f64 {
+    let text = h.gateway.metrics().encode();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+fn url(h: &Harness, path: &str) -> String {
+    format!("http://{}{path}", h.addr)
+}
+
+#[tokio::test]
+async fn a_hung_backend_gets_504_within_the_configured_time() {
+    for cache in [false, true] {
+        let (h, proxy) = start(|c| {
+            c.cache.enabled = cache;
+            c.timeouts.response_head = Duration::from_millis(400);
+        })
+        .await;
+        let body = pattern(10_000, 1);
+        let path = put_object(&h, "hung", &body).await;
+        proxy.set(Fault::Hang);
+        let started = Instant::now();
+        let reply = h.get(&path, &[]).await;
+        let took = started.elapsed();
+        assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "cache {cache}");
+        assert_eq!(&reply.body[..], b"gateway timeout\n");
+        // One attempt only: a head timeout is not retried, so the client hears in time.
+        assert!(
+            took < Duration::from_secs(3),
+            "took {took:?} (cache {cache})"
+        );
+        assert!(took >= Duration::from_millis(350), "took {took:?}");
+        assert_eq!(
+            metric(
+                &h,
+                "s3edge_upstream_errors_total{region=\"eu1\",kind=\"timeout_head\"}"
+            ),
+            1.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_then_answered_502() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let h = Harness::start_with(|c| {
+        c.cache.enabled = false;
+        c.retry.backoff = Duration::from_millis(10);
+        let eu1 = c.regions.iter_mut().find(|r| r.name == "eu1").unwrap();
+        eu1.endpoint = format!("http://{closed_addr}").parse().unwrap();
+    })
+    .await;
+    let started = Instant::now();
+    let reply = h
+        .get(
+            &common::sample_path("eu1", s3edge::route::FileKind::Processed),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(&reply.body[..], b"bad gateway\n");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        metric(
+            &h,
+            "s3edge_upstream_errors_total{region=\"eu1\",kind=\"connect\"}"
+        ),
+        3.0,
+        "three attempts"
+    );
+    assert_eq!(
+        metric(&h, "s3edge_upstream_retries_total{region=\"eu1\"}"),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_503_and_a_reset_are_retried_and_the_client_never_sees_them() {
+    for cache in [false, true] {
+        let (h, proxy) = start(|c| {
+            c.cache.enabled = cache;
+            c.retry.backoff = Duration::from_millis(5);
+        })
+        .await;
+        let body = pattern(200_000, 2);
+        let path = put_object(&h, "flaky", &body).await;
+        let before = proxy.connections();
+        proxy.script(&[Fault::Status(503), Fault::Reset], Fault::Pass);
+        let reply = h.get(&path, &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "cache {cache}");
+        assert_eq!(reply.body, body);
+        assert!(proxy.connections() - before >= 3);
+        assert_eq!(
+            metric(&h, "s3edge_upstream_retries_total{region=\"eu1\"}"),
+            2.0
+        );
+        assert_eq!(
+            metric(
+                &h,
+                "s3edge_upstream_errors_total{region=\"eu1\",kind=\"status_5xx\"}"
+            ),
+            1.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_persistent_503_becomes_502_after_bounded_attempts() {
+    let (h, proxy) = start(|c| {
+        c.cache.enabled = false;
+        c.retry.backoff = Duration::from_millis(5);
+        c.circuit.failures = 0;
+    })
+    .await;
+    let body = pattern(1000, 3);
+    let path = put_object(&h, "down", &body).await;
+    proxy.set(Fault::Status(503));
+    let before = proxy.connections();
+    let reply = h.get(&path, &[]).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(&reply.body[..], b"bad gateway\n");
+    assert_eq!(proxy.connections() - before, 3, "attempts are bounded");
+}
+
+#[tokio::test]
+async fn a_cut_body_aborts_the_response_and_nothing_partial_is_cached() {
+    for cache in [false, true] {
+        let (h, proxy) = start(|c| c.cache.enabled = cache).await;
+        let body = pattern(1_000_000, 4);
+        let path = put_object(&h, "cut", &body).await;
+        proxy.script(&[Fault::CutAfter(200_000)], Fault::Pass);
+        let first = fetch(&h.client, &url(&h, &path)).await;
+        assert_eq!(first.status, StatusCode::OK, "cache {cache}");
+        assert_eq!(
+            first.headers.get("content-length").unwrap(),
+            "1000000",
+            "the head promised the whole object"
+        );
+        assert!(
+            first.body.is_err(),
+            "a cut body must not look complete (cache {cache})"
+        );
+        assert_eq!(
+            metric(&h, "s3edge_responses_cut_total{region=\"eu1\"}"),
+            1.0
+        );
+        // The next request gets the whole, correct object (twice with the cache: the
+        // second answer comes from what was stored).
+        for _ in 0..2 {
+            let again = h.get(&path, &[]).await;
+            assert_eq!(again.status, StatusCode::OK);
+            assert!(again.body == body, "bytes differ (cache {cache})");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_http2_client_gets_a_reset_stream_and_keeps_its_connection() {
+    let (h, proxy) = start(|c| c.cache.enabled = false).await;
+    let body = pattern(1_000_000, 5);
+    let path = put_object(&h, "cut2", &body).await;
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    proxy.script(&[Fault::CutAfter(300_000)], Fault::Pass);
+    let first = fetch(&client, &url(&h, &path)).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let error = first.body.unwrap_err();
+    assert!(
+        error.contains("Reset") && error.contains("INTERNAL_ERROR"),
+        "expected a reset stream, got: {error}"
+    );
+    let again = fetch(&client, &url(&h, &path)).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert!(again.body.unwrap() == body);
+}
+
+#[tokio::test]
+async fn a_trickling_backend_is_cut_at_the_idle_limit_but_a_slow_one_completes() {
+    for cache in [false, true] {
+        let (h, proxy) = start(|c| {
+            c.cache.enabled = cache;
+            c.timeouts.body_idle = Duration::from_millis(300);
+        })
+        .await;
+        let body = pattern(300_000, 6);
+        let path = put_object(&h, "trickle", &body).await;
+        proxy.set(Fault::Trickle {
+            bytes: 16 * 1024,
+            every: Duration::from_millis(800),
+        });
+        let started = Instant::now();
+        let stalled = fetch(&h.client, &url(&h, &path)).await;
+        assert!(
+            // Cut mid-body, or refused before the first byte: never a complete 200.
+            stalled.body.is_err() || stalled.status.is_server_error(),
+            "a stalled body never completes (cache {cache}): {}",
+            stalled.status
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        proxy.set(Fault::Trickle {
+            bytes: 64 * 1024,
+            every: Duration::from_millis(50),
+        });
+        let slow = h.get(&path, &[]).await;
+        assert_eq!(slow.status, StatusCode::OK);
+        assert!(
+            slow.body == body,
+            "slow but steady completes (cache {cache})"
+        );
+        assert!(
+            metric(
+                &h,
+                "s3edge_upstream_errors_total{region=\"eu1\",kind=\"timeout_body\"}"
+            ) >= 1.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failing_region_opens_its_circuit_fails_fast_and_recovers() {
+    let (h, proxy) = start(|c| {
+        c.cache.enabled = false;
+        c.retry.attempts = 1;
+        c.circuit.failures = 2;
+        c.circuit.open_for = Duration::from_millis(400);
+    })
+    .await;
+    let body = pattern(5000, 7);
+    let path = put_object(&h, "breaker", &body).await;
+    proxy.set(Fault::Status(503));
+    for _ in 0..2 {
+        assert_eq!(h.get(&path, &[]).await.status, StatusCode::BAD_GATEWAY);
+    }
+    let asked = proxy.connections();
+    let fast = h.get(&path, &[]).await;
+    assert_eq!(fast.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(fast.header("retry-after"), Some("2"));
+    assert_eq!(&fast.body[..], b"service unavailable\n");
+    assert_eq!(
+        proxy.connections(),
+        asked,
+        "an open circuit does not ask the backend"
+    );
+    assert_eq!(metric(&h, "s3edge_circuit_open{region=\"eu1\"}"), 1.0);
+    // Other regions are not affected.
+    let other = h
+        .get(
+            &common::sample_path("eu2", s3edge::route::FileKind::Snapshot),
+            &[],
+        )
+        .await;
+    assert_eq!(other.status, StatusCode::OK);
+    // The backend comes back; after the cool-down one trial closes the circuit.
+    proxy.set(Fault::Pass);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let recovered = h.get(&path, &[]).await;
+    assert_eq!(recovered.status, StatusCode::OK);
+    assert!(recovered.body == body);
+    assert_eq!(metric(&h, "s3edge_circuit_open{region=\"eu1\"}"), 0.0);
+    assert_eq!(h.get(&path, &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_open_circuit_is_served_stale_from_the_cache() {
+    let (h, proxy) = start(|c| {
+        c.cache.ttl = Duration::from_millis(200);
+        c.cache.stale_while_revalidate = Duration::ZERO;
+        c.retry.attempts = 1;
+        c.circuit.failures = 1;
+        c.circuit.open_for = Duration::from_secs(30);
+    })
+    .await;
+    let body = pattern(100_000, 8);
+    let path = put_object(&h, "stale", &body).await;
+    assert_eq!(h.get(&path, &[]).await.status, StatusCode::OK);
+    proxy.set(Fault::Status(503));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    for _ in 0..3 {
+        let stale = h.get(&path, &[]).await;
+        assert_eq!(stale.status, StatusCode::OK);
+        assert!(stale.body == body);
+        assert!(
+            stale
+                .header("cache-status")
+                .unwrap()
+                .contains("stale-if-error"),
+            "{:?}",
+            stale.header("cache-status")
+        );
+    }
+    assert_eq!(metric(&h, "s3edge_circuit_open{region=\"eu1\"}"), 1.0);
+}
