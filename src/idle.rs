@@ -4,7 +4,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,6 +16,8 @@ use tokio::time::Instant;
 pub struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
+    /// The client has sent a byte (before that, the header read limit applies).
+    heard: AtomicBool,
 }
 
 impl Activity {
@@ -45,6 +47,7 @@ impl<S> IdleTracked<S> {
         let activity = Arc::new(Activity {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
+            heard: AtomicBool::new(false),
         });
         (
             IdleTracked {
@@ -66,6 +69,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleTracked<S> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() != before {
             self.activity.touch();
+            if !self.activity.heard.load(Ordering::Relaxed) {
+                self.activity.heard.store(true, Ordering::Relaxed);
+            }
         }
         polled
     }
@@ -109,10 +115,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTracked<S> {
     }
 }
 
-/// Resolves once no byte has moved for `idle`.
-pub async fn idle_for(activity: &Activity, idle: Duration) {
+/// Resolves once no byte has moved for `idle`, or when the client has sent nothing at all
+/// within `first_byte` (protocol detection waits for a first byte without a timer of its own).
+pub async fn idle_for(activity: &Activity, idle: Duration, first_byte: Duration) {
     loop {
-        let deadline = activity.last() + idle;
+        let limit = if activity.heard.load(Ordering::Relaxed) {
+            idle
+        } else {
+            first_byte.min(idle)
+        };
+        let deadline = activity.last() + limit;
         if Instant::now() >= deadline {
             return;
         }

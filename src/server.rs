@@ -151,6 +151,7 @@ async fn accept_loop(
                 async move { Ok::<_, Infallible>(gateway.handle(request).await) }
             });
             let idle = shared.limits.keep_alive_idle;
+            let first_byte = shared.limits.header_read_timeout;
             let (stream, activity) = IdleTracked::new(stream);
             let result = match tls {
                 None => {
@@ -160,7 +161,7 @@ async fn accept_loop(
                     let watched = watcher.watch(conn.into_owned());
                     tokio::select! {
                         result = watched => result,
-                        () = idle_for(&activity, idle) => Ok(()),
+                        () = idle_for(&activity, idle, first_byte) => Ok(()),
                     }
                 }
                 Some(acceptor) => {
@@ -183,7 +184,7 @@ async fn accept_loop(
                     let watched = watcher.watch(conn.into_owned());
                     tokio::select! {
                         result = watched => result,
-                        () = idle_for(&activity, idle) => Ok(()),
+                        () = idle_for(&activity, idle, first_byte) => Ok(()),
                     }
                 }
             };
