@@ -14,6 +14,7 @@
 //! - [`error`]: the one request-path error type and its responses.
 //! - [`config`]: TOML → validated [`config::Config`].
 //! - [`policy`]: storage class and encryption of writes.
+//! - [`reload`]: SIGHUP re-reads the config and swaps it in atomically.
 //! - [`admin`]: health, readiness, metrics and purge on a separate (loopback) listener.
 //! - [`metrics`]: the Prometheus series.
 //! - [`demo`]: embedded S3 backends and a sample recording (`s3edge demo`, tests).
@@ -30,6 +31,7 @@ pub mod idle;
 pub mod metrics;
 pub mod policy;
 pub mod range;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod service;
@@ -43,8 +45,16 @@ use config::Config;
 use server::Listener;
 use service::Gateway;
 
+/// Bound listeners and, when there are HTTPS ones, the certificates they present.
+pub struct Bound {
+    /// Plain and TLS listeners.
+    pub listeners: Vec<Listener>,
+    /// Certificates of the TLS listeners (reloadable).
+    pub certs: Option<server::CertStore>,
+}
+
 /// Binds every listener of the config (HTTPS ones with their TLS acceptor).
-pub async fn bind(config: &Config) -> std::io::Result<Vec<Listener>> {
+pub async fn bind(config: &Config) -> std::io::Result<Bound> {
     let mut listeners = Vec::new();
     for addr in &config.http_listeners {
         listeners.push(Listener {
@@ -52,16 +62,19 @@ pub async fn bind(config: &Config) -> std::io::Result<Vec<Listener>> {
             tls: None,
         });
     }
+    let mut certs = None;
     if !config.https_listeners.is_empty() {
-        let acceptor = server::tls_acceptor(&config.certificates)?;
+        let store = server::CertStore::load(&config.certificates)?;
+        let acceptor = store.acceptor()?;
         for addr in &config.https_listeners {
             listeners.push(Listener {
                 tcp: bind_addr(*addr).await?,
                 tls: Some(acceptor.clone()),
             });
         }
+        certs = Some(store);
     }
-    Ok(listeners)
+    Ok(Bound { listeners, certs })
 }
 
 async fn bind_addr(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
@@ -71,12 +84,15 @@ async fn bind_addr(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Runs the gateway on already-bound listeners until `shutdown` resolves, then drains.
+/// With `config_path`, SIGHUP reloads the config from that file.
 pub async fn run(
     config: &Config,
-    listeners: Vec<Listener>,
+    bound: Bound,
+    config_path: Option<std::path::PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), error::GatewayError> {
-    let gateway = Gateway::new(config)?;
+    let Bound { listeners, certs } = bound;
+    let live = service::LiveGateway::from(Gateway::new(config)?);
     let (admin_stop, admin_stop_rx) = tokio::sync::watch::channel(false);
     if let Some(admin) = &config.admin {
         let listener = bind_addr(admin.listen)
@@ -85,9 +101,19 @@ pub async fn run(
         tracing::info!(addr = %admin.listen, "admin listening");
         tokio::spawn(admin::serve(
             listener,
-            gateway.clone(),
+            live.clone(),
             admin.token.clone(),
-            admin_stop_rx,
+            admin_stop_rx.clone(),
+        ));
+    }
+    if let Some(path) = config_path {
+        // Registered before "listening" is logged, so a SIGHUP from then on is a reload.
+        let reloader = reload::Reloader::new(path, config.clone(), live.clone(), certs);
+        let hangups = reload::Hangups::register();
+        tokio::spawn(reload::on_sighup(
+            std::sync::Arc::new(reloader),
+            hangups,
+            admin_stop_rx.clone(),
         ));
     }
     for listener in &listeners {
@@ -101,7 +127,7 @@ pub async fn run(
         }
     }
     server::serve(
-        gateway,
+        live,
         listeners,
         config.limits,
         config.shutdown_grace,

@@ -94,8 +94,8 @@ fn init_tracing(format: LogFormat) {
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    let listeners = s3edge::bind(&config).await?;
-    s3edge::run(&config, listeners, s3edge::shutdown_signal()).await?;
+    let bound = s3edge::bind(&config).await?;
+    s3edge::run(&config, bound, Some(path), s3edge::shutdown_signal()).await?;
     Ok(())
 }
 
@@ -125,13 +125,14 @@ async fn run_demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<(
     config.shutdown_grace = Duration::from_secs(5);
     let gateway = Gateway::new(&config)?;
     demo::upload_sample(&gateway, &config.regions).await?;
-    let listeners = s3edge::bind(&config).await?;
-    let addr = listeners
+    let bound = s3edge::bind(&config).await?;
+    let addr = bound
+        .listeners
         .first()
         .and_then(|l| l.tcp.local_addr().ok())
         .unwrap_or(listen);
     print_demo_urls(addr, &root);
-    s3edge::run(&config, listeners, s3edge::shutdown_signal()).await?;
+    s3edge::run(&config, bound, None, s3edge::shutdown_signal()).await?;
     Ok(())
 }
 

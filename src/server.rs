@@ -197,24 +197,48 @@ async fn accept_loop(
 
 /// Builds the TLS acceptor: certificates by SNI name, a default for the rest, h2 and http/1.1.
 pub fn tls_acceptor(certificates: &[CertificateConfig]) -> io::Result<TlsAcceptor> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut resolver = SniResolver::default();
-    for cert in certificates {
-        let key = Arc::new(load_certified_key(&cert.cert, &cert.key, &provider)?);
-        for name in &cert.server_names {
-            resolver.by_name.insert(name.clone(), key.clone());
-        }
-        if cert.default || resolver.default.is_none() && certificates.len() == 1 {
-            resolver.default = Some(key);
-        }
+    CertStore::load(certificates)?.acceptor()
+}
+
+/// The certificates the TLS listeners present; replaced whole on reload, so a handshake
+/// sees either the old set or the new one.
+#[derive(Debug, Clone)]
+pub struct CertStore {
+    current: Arc<arc_swap::ArcSwap<SniResolver>>,
+}
+
+impl CertStore {
+    /// Reads every certificate and key; fails on the first unreadable one.
+    pub fn load(certificates: &[CertificateConfig]) -> io::Result<CertStore> {
+        Ok(CertStore {
+            current: Arc::new(arc_swap::ArcSwap::from_pointee(SniResolver::load(
+                certificates,
+            )?)),
+        })
     }
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+
+    /// Presents `loaded`'s certificates from now on.
+    pub fn swap(&self, loaded: CertStore) {
+        self.current.store(loaded.current.load_full());
+    }
+
+    /// An acceptor that always presents the current set.
+    pub fn acceptor(&self) -> io::Result<TlsAcceptor> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(self.clone()));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.load().resolve(hello)
+    }
 }
 
 fn load_certified_key(
@@ -247,6 +271,23 @@ fn load_certified_key(
 struct SniResolver {
     by_name: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn load(certificates: &[CertificateConfig]) -> io::Result<SniResolver> {
+        let provider = rustls::crypto::ring::default_provider();
+        let mut resolver = SniResolver::default();
+        for cert in certificates {
+            let key = Arc::new(load_certified_key(&cert.cert, &cert.key, &provider)?);
+            for name in &cert.server_names {
+                resolver.by_name.insert(name.clone(), key.clone());
+            }
+            if cert.default || resolver.default.is_none() && certificates.len() == 1 {
+                resolver.default = Some(key);
+            }
+        }
+        Ok(resolver)
+    }
 }
 
 impl ResolvesServerCert for SniResolver {

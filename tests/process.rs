@@ -34,6 +34,12 @@ fn write_config(dir: &Path, config: &Config, grace: Duration) -> std::path::Path
 
 /// Starts `s3edge serve` and reads its listening address from the JSON log.
 fn spawn_gateway(config: &Path) -> (Child, SocketAddr) {
+    let (child, addr, _log) = spawn_gateway_with_log(config);
+    (child, addr)
+}
+
+/// Like [`spawn_gateway`], also handing out every later log line.
+fn spawn_gateway_with_log(config: &Path) -> (Child, SocketAddr, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
         .args(["--log-format", "json", "serve", "--config"])
         .arg(config)
@@ -44,6 +50,7 @@ fn spawn_gateway(config: &Path) -> (Child, SocketAddr) {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let (log_tx, log_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("\"listening\"")
@@ -53,12 +60,26 @@ fn spawn_gateway(config: &Path) -> (Child, SocketAddr) {
                 let addr = rest[..rest.find('"').unwrap()].to_string();
                 let _ = tx.send(addr);
             }
+            let _ = log_tx.send(line);
         }
     });
     let addr = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("gateway did not report its address");
-    (child, addr.parse().unwrap())
+    (child, addr.parse().unwrap(), log_rx)
+}
+
+/// Waits for a log line containing `needle`.
+fn wait_for_log(log: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no log line with `{needle}`"),
+        }
+    }
 }
 
 /// Resident set size and its peak, in KiB, from /proc.
@@ -270,4 +291,199 @@ async fn sigterm_finishes_in_flight_downloads_and_refuses_new_ones() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "exit status {status}");
+}
+
+/// One GET through a fresh connection: status, `Access-Control-Allow-Origin`, body.
+async fn get_once(addr: SocketAddr, path: &str) -> (StatusCode, Option<String>, Bytes) {
+    let stream = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = Request::get(path)
+        .header("host", "edge.test")
+        .header("origin", "https://player.example")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = within(sender.send_request(request)).await.unwrap();
+    let status = response.status();
+    let origin = response
+        .headers()
+        .get("access-control-allow-origin")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = within(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, origin, body)
+}
+
+#[tokio::test]
+async fn sighup_reloads_credentials_and_cors_and_rejects_a_bad_file() {
+    let h = Harness::start().await;
+    let (large, large_body) = put_large_object(&h, 8 * 1024 * 1024).await;
+    let dir = tempfile::tempdir().unwrap();
+    // v1: eu1's secret is wrong (as after a rotation), CORS names one origin.
+    let mut v1 = h.config.clone();
+    v1.cors.allow_origin = "https://v1.example".into();
+    v1.regions[1].credentials.secret_access_key = "rotated-away".into();
+    assert_eq!(v1.regions[1].name, "eu2");
+    let path = write_config(dir.path(), &v1, Duration::from_secs(10));
+    let (mut child, addr, log) = spawn_gateway_with_log(&path);
+    let pid = child.id().to_string();
+    let snapshot = common::sample_path("eu2", s3edge::route::FileKind::Snapshot);
+    let (status, origin, _) = get_once(addr, &snapshot).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_GATEWAY,
+        "eu2 signs with a wrong secret"
+    );
+    assert_eq!(origin.as_deref(), Some("https://v1.example"));
+
+    // A download in flight across both reloads (eu1 is unaffected by the change).
+    let response = start_download(addr, &large).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = response.into_body();
+    let mut received = Vec::with_capacity(large_body.len());
+    let first = within(stream.frame()).await.unwrap().unwrap();
+    received.extend_from_slice(first.data_ref().unwrap());
+
+    // v2: the right secret, CORS back to `*`.
+    let mut v2 = h.config.clone();
+    v2.cors.allow_origin = "*".into();
+    write_config(dir.path(), &v2, Duration::from_secs(10));
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for_log(&log, "config reloaded");
+    let (status, origin, body) = get_once(addr, &snapshot).await;
+    assert_eq!(status, StatusCode::OK, "new credentials are used");
+    assert_eq!(
+        &body[..],
+        &s3edge::demo::sample_file(s3edge::route::FileKind::Snapshot)[..]
+    );
+    assert_eq!(origin.as_deref(), Some("*"));
+
+    // A broken file is refused; the running config keeps serving.
+    std::fs::write(&path, "[server\nhttp = 1").unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let line = wait_for_log(&log, "config reload rejected");
+    assert!(line.contains("s3edge.toml"), "{line}");
+    let secret = &h.config.regions[1].credentials.secret_access_key;
+    assert!(!line.contains(secret.as_str()));
+    let (status, origin, _) = get_once(addr, &snapshot).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(origin.as_deref(), Some("*"));
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+
+    while let Some(frame) = within(stream.frame()).await {
+        if let Some(data) = frame.unwrap().data_ref() {
+            received.extend_from_slice(data);
+        }
+    }
+    assert!(
+        received == large_body,
+        "the in-flight download completed intact"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+/// A self-signed certificate for `edge.test`, written to `dir`.
+fn certificate(dir: &Path, name: &str) -> (s3edge::config::CertificateConfig, Vec<u8>) {
+    let generated = rcgen::generate_simple_self_signed(vec!["edge.test".to_string()]).unwrap();
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}-key.pem"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.key_pair.serialize_pem()).unwrap();
+    let config = s3edge::config::CertificateConfig {
+        cert,
+        key,
+        server_names: vec!["edge.test".into()],
+        default: true,
+    };
+    (config, generated.cert.der().to_vec())
+}
+
+/// The certificate the gateway presents for `edge.test`, trusting any of `trusted`.
+async fn presented_certificate(addr: SocketAddr, trusted: &[&[u8]]) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for der in trusted {
+        roots.add(CertificateDer::from(der.to_vec())).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
+    let name = ServerName::try_from("edge.test".to_string()).unwrap();
+    let stream =
+        within(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp))
+            .await
+            .unwrap();
+    stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn sighup_swaps_certificates_and_keeps_them_when_the_new_ones_are_bad() {
+    let h = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (first, first_der) = certificate(dir.path(), "first");
+    let (second, second_der) = certificate(dir.path(), "second");
+    let trusted = [first_der.as_slice(), second_der.as_slice()];
+    let mut config = h.config.clone();
+    config.https_listeners = vec!["127.0.0.1:0".parse().unwrap()];
+    config.certificates = vec![first];
+    let path = write_config(dir.path(), &config, Duration::from_secs(5));
+    let (mut child, _, log) = spawn_gateway_with_log(&path);
+    let pid = child.id().to_string();
+    let line = wait_for_log(&log, "\"scheme\":\"https\"");
+    let start = line.find("\"addr\":\"").unwrap() + 8;
+    let https: SocketAddr = line[start..start + line[start..].find('"').unwrap()]
+        .parse()
+        .unwrap();
+    assert_eq!(presented_certificate(https, &trusted).await, first_der);
+
+    config.certificates = vec![second.clone()];
+    write_config(dir.path(), &config, Duration::from_secs(5));
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for_log(&log, "config reloaded");
+    assert_eq!(presented_certificate(https, &trusted).await, second_der);
+
+    // A key file that is not a key: the reload is refused, the second certificate stays.
+    let (broken, _) = certificate(dir.path(), "broken");
+    std::fs::write(&broken.key, "not a key").unwrap();
+    config.certificates = vec![broken];
+    write_config(dir.path(), &config, Duration::from_secs(5));
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let line = wait_for_log(&log, "config reload rejected");
+    assert!(line.contains("broken-key.pem"), "{line}");
+    assert_eq!(presented_certificate(https, &trusted).await, second_der);
+    child.kill().unwrap();
+    let _ = child.wait();
 }

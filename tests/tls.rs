@@ -60,7 +60,11 @@ async fn start_tls(h: &Harness) -> TlsGateway {
             tcp,
             tls: Some(acceptor),
         }];
-        let _ = s3edge::run(&config, listeners, std::future::pending()).await;
+        let bound = s3edge::Bound {
+            listeners,
+            certs: None,
+        };
+        let _ = s3edge::run(&config, bound, None, std::future::pending()).await;
     });
     TlsGateway {
         addr,

@@ -419,6 +419,11 @@ impl Cache {
             .map_err(|_| GatewayError::Internal("cache purge unsupported"))
     }
 
+    /// Drops everything (the region table changed: indexes may now name other buckets).
+    pub fn clear(&self) {
+        self.inner.store.clear();
+    }
+
     /// Counters and size now.
     pub fn stats(&self) -> CacheStats {
         let m = &self.inner.metrics;

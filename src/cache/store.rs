@@ -194,6 +194,11 @@ impl Store {
             .map(|_| ())
     }
 
+    /// Drops every entry.
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+
     /// Weighted bytes held.
     pub fn weighted_size(&self) -> u64 {
         self.cache.weighted_size()

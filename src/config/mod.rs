@@ -58,7 +58,7 @@ pub struct Config {
 }
 
 /// The in-memory edge cache.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
     /// Off: every request goes to the backend.
     pub enabled: bool,
@@ -97,7 +97,7 @@ impl Default for CacheConfig {
 }
 
 /// The admin listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     /// Where it listens; loopback unless a token is set.
     pub listen: SocketAddr,

@@ -173,10 +173,21 @@ pub fn render_toml(config: &crate::config::Config) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "[server]\nhttp = [{}]\nshutdown_grace = \"{}ms\"\n",
+        "[server]\nhttp = [{}]\nhttps = [{}]\nshutdown_grace = \"{}ms\"\n",
         quoted(&mut config.http_listeners.iter().map(ToString::to_string)),
+        quoted(&mut config.https_listeners.iter().map(ToString::to_string)),
         config.shutdown_grace.as_millis()
     );
+    for cert in &config.certificates {
+        let _ = writeln!(
+            out,
+            "[[tls.certificates]]\ncert = {:?}\nkey = {:?}\nserver_names = [{}]\ndefault = {}\n",
+            cert.cert.display().to_string(),
+            cert.key.display().to_string(),
+            quoted(&mut cert.server_names.iter().cloned()),
+            cert.default
+        );
+    }
     let _ = writeln!(
         out,
         "[timeouts]\nconnect = \"{}ms\"\nresponse_head = \"{}ms\"\nbody_idle = \"{}ms\"\n",
@@ -199,6 +210,11 @@ pub fn render_toml(config: &crate::config::Config) -> String {
         c.stale_if_error.as_millis(),
         c.negative_ttl.as_millis(),
         c.cache_control,
+    );
+    let _ = writeln!(
+        out,
+        "[cors]\nallow_origin = {:?}\n",
+        config.cors.allow_origin
     );
     if let Some(admin) = &config.admin {
         let _ = writeln!(out, "[admin]\nlisten = \"{}\"", admin.listen);
