@@ -147,14 +147,19 @@ async fn readyz(gateway: &Gateway) -> Response<Full<Bytes>> {
             upstream.name().to_string(),
             reachable,
             upstream.is_unavailable(),
+            upstream.has_credentials(),
         )
     });
     let results = futures_util::future::join_all(probes).await;
     let can_serve_stale = gateway.cache().is_some();
     let mut ready = true;
     let mut body = String::new();
-    for (name, reachable, circuit_open) in results {
+    for (name, reachable, circuit_open, has_credentials) in results {
         let state = match (reachable, can_serve_stale) {
+            _ if !has_credentials => {
+                ready = false;
+                "no credentials yet"
+            }
             (true, _) => "ok",
             (false, true) => "unreachable, serving stale",
             (false, false) => {

@@ -46,6 +46,9 @@ pub enum GatewayError {
     /// The region's circuit is open: its backend kept failing, so it is not asked now.
     #[error("region unavailable (circuit open)")]
     RegionUnavailable,
+    /// The region's credential source has not answered yet.
+    #[error("no credentials yet")]
+    NoCredentials,
     /// The request target is longer than the configured limit.
     #[error("uri too long")]
     UriTooLong,
@@ -74,7 +77,9 @@ impl GatewayError {
             | GatewayError::UpstreamFetch
             | GatewayError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::RegionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::RegionUnavailable | GatewayError::NoCredentials => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::Signing(_) | GatewayError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -95,7 +100,9 @@ impl GatewayError {
             | GatewayError::UpstreamFetch
             | GatewayError::UpstreamConnect(_) => "bad gateway\n",
             GatewayError::UpstreamTimeout(_) => "gateway timeout\n",
-            GatewayError::RegionUnavailable => "service unavailable\n",
+            GatewayError::RegionUnavailable | GatewayError::NoCredentials => {
+                "service unavailable\n"
+            }
             GatewayError::UriTooLong => "uri too long\n",
             GatewayError::Signing(_) | GatewayError::Internal(_) => "internal error\n",
         }

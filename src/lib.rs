@@ -8,7 +8,8 @@
 //! - [`cache`]: the in-memory edge cache: metadata, chunks, collapsed fetches, freshness.
 //! - [`range`]: Range, If-Range and precondition arithmetic.
 //! - [`upstream`]: per-region pooled client, SigV4 signing, retries, idle-limited bodies.
-//! - [`circuit`]: the per-region circuit breaker.
+//! - [`circuit`]: the per-region circuit breaker; [`credentials`]: signing credentials and
+//!   their refresh.
 //! - [`body`]: the one response body type, and the access log written when it ends.
 //! - [`cors`]: CORS headers and preflights.
 //! - [`error`]: the one request-path error type and its responses.
@@ -25,6 +26,7 @@ pub mod cache;
 pub mod circuit;
 pub mod config;
 pub mod cors;
+pub mod credentials;
 pub mod demo;
 pub mod error;
 pub mod idle;

@@ -5,82 +5,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::process::{BIN, spawn_gateway, spawn_gateway_with_log, wait_for_log, write_config};
 use common::{Harness, within};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use s3edge::config::Config;
 use s3edge::service::Gateway;
-
-const BIN: &str = env!("CARGO_BIN_EXE_s3edge");
-
-fn write_config(dir: &Path, config: &Config, grace: Duration) -> std::path::PathBuf {
-    let mut config = config.clone();
-    // These tests are about streaming through: the cache would keep the bytes.
-    config.cache.enabled = false;
-    config.http_listeners = vec!["127.0.0.1:0".parse().unwrap()];
-    config.shutdown_grace = grace;
-    let path = dir.join("s3edge.toml");
-    std::fs::write(&path, s3edge::demo::render_toml(&config)).unwrap();
-    path
-}
-
-/// Starts `s3edge serve` and reads its listening address from the JSON log.
-fn spawn_gateway(config: &Path) -> (Child, SocketAddr) {
-    let (child, addr, _log) = spawn_gateway_with_log(config);
-    (child, addr)
-}
-
-/// Like [`spawn_gateway`], also handing out every later log line.
-fn spawn_gateway_with_log(config: &Path) -> (Child, SocketAddr, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (log_tx, log_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("\"listening\"")
-                && let Some(start) = line.find("\"addr\":\"")
-            {
-                let rest = &line[start + 8..];
-                let addr = rest[..rest.find('"').unwrap()].to_string();
-                let _ = tx.send(addr);
-            }
-            let _ = log_tx.send(line);
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("gateway did not report its address");
-    (child, addr.parse().unwrap(), log_rx)
-}
-
-/// Waits for a log line containing `needle`.
-fn wait_for_log(log: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match log.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no log line with `{needle}`"),
-        }
-    }
-}
 
 /// Resident set size and its peak, in KiB, from /proc.
 fn memory_kib(pid: u32) -> (u64, u64) {

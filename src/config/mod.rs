@@ -193,6 +193,52 @@ impl fmt::Debug for StaticCredentials {
     }
 }
 
+impl StaticCredentials {
+    /// No keys: the region takes its credentials from a dynamic source.
+    pub fn none() -> Self {
+        StaticCredentials {
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            session_token: None,
+        }
+    }
+}
+
+/// Where a region's credentials come from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CredentialSource {
+    /// The keys in the config (or environment variables it names).
+    #[default]
+    Static,
+    /// The standard AWS chain: environment, profile files, web identity, container, instance.
+    DefaultChain {
+        /// Profile name (default: `AWS_PROFILE` or `default`).
+        profile: Option<String>,
+    },
+    /// The shared profile files (`~/.aws/credentials`, `~/.aws/config`, or `AWS_*_FILE`).
+    Profile {
+        /// Profile name (default: `AWS_PROFILE` or `default`).
+        profile: Option<String>,
+    },
+    /// The container credential endpoint (`AWS_CONTAINER_CREDENTIALS_*`).
+    Container,
+    /// The EC2 instance metadata service (IMDSv2).
+    Instance,
+    /// STS web identity (`AWS_WEB_IDENTITY_TOKEN_FILE`, `AWS_ROLE_ARN`).
+    WebIdentity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum SourceKind {
+    Static,
+    DefaultChain,
+    Profile,
+    Container,
+    Instance,
+    WebIdentity,
+}
+
 /// One region: where its files live and how to reach them.
 #[derive(Debug, Clone)]
 pub struct RegionConfig {
@@ -214,8 +260,11 @@ pub struct RegionConfig {
     pub provider: Provider,
     /// Connect to this address instead of resolving the endpoint's host.
     pub connect_to: Option<std::net::IpAddr>,
-    /// Credentials.
+    /// Credentials (empty unless `credential_source` is static).
     pub credentials: StaticCredentials,
+    /// Where credentials come from: the config, or a standard AWS source refreshed in the
+    /// background.
+    pub credential_source: CredentialSource,
     /// This region's own timeouts, when they differ from `[timeouts]`.
     pub timeouts: Option<Timeouts>,
 }
@@ -333,6 +382,8 @@ fn default_addressing() -> Addressing {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCredentials {
+    source: Option<SourceKind>,
+    profile: Option<String>,
     access_key_id: Option<String>,
     secret_access_key: Option<String>,
     session_token: Option<String>,
@@ -678,7 +729,7 @@ impl Validator<'_> {
                 self.err(key("connect_to"), format!("`{ip}` is not an IP address"))
             })?),
         };
-        let credentials = self.credentials(&name, raw.credentials)?;
+        let (credentials, credential_source) = self.credentials(&name, raw.credentials)?;
         let timeouts = raw
             .timeouts
             .map(|t| self.timeouts(&key("timeouts"), &t, defaults))
@@ -694,6 +745,7 @@ impl Validator<'_> {
             provider: raw.provider,
             connect_to,
             credentials,
+            credential_source,
             timeouts,
         })
     }
@@ -701,9 +753,46 @@ impl Validator<'_> {
     fn credentials(
         &self,
         region: &str,
-        raw: RawCredentials,
-    ) -> Result<StaticCredentials, ConfigError> {
+        mut raw: RawCredentials,
+    ) -> Result<(StaticCredentials, CredentialSource), ConfigError> {
         let base = format!("regions.{region}.credentials");
+        let source = raw.source.take().unwrap_or(SourceKind::Static);
+        let has_keys = raw.access_key_id.is_some()
+            || raw.access_key_id_env.is_some()
+            || raw.secret_access_key.is_some()
+            || raw.secret_access_key_env.is_some();
+        if source != SourceKind::Static {
+            if has_keys {
+                return Err(self.err(
+                    format!("{base}.source"),
+                    "keys are only read with source = \"static\"",
+                ));
+            }
+            let profile = raw.profile.take();
+            if profile.is_some()
+                && !matches!(source, SourceKind::Profile | SourceKind::DefaultChain)
+            {
+                return Err(self.err(
+                    format!("{base}.profile"),
+                    "only used with source = \"profile\" or \"default-chain\"",
+                ));
+            }
+            let dynamic = match source {
+                SourceKind::DefaultChain => CredentialSource::DefaultChain { profile },
+                SourceKind::Profile => CredentialSource::Profile { profile },
+                SourceKind::Container => CredentialSource::Container,
+                SourceKind::Instance => CredentialSource::Instance,
+                SourceKind::WebIdentity => CredentialSource::WebIdentity,
+                SourceKind::Static => CredentialSource::Static,
+            };
+            return Ok((StaticCredentials::none(), dynamic));
+        }
+        if raw.profile.is_some() {
+            return Err(self.err(
+                format!("{base}.profile"),
+                "only used with source = \"profile\" or \"default-chain\"",
+            ));
+        }
         let pick = |inline: Option<String>,
                     env_name: Option<String>,
                     field: &str,
@@ -746,11 +835,14 @@ impl Validator<'_> {
             false,
         )?;
         match (access_key_id, secret_access_key) {
-            (Some(access_key_id), Some(secret_access_key)) => Ok(StaticCredentials {
-                access_key_id,
-                secret_access_key,
-                session_token,
-            }),
+            (Some(access_key_id), Some(secret_access_key)) => Ok((
+                StaticCredentials {
+                    access_key_id,
+                    secret_access_key,
+                    session_token,
+                },
+                CredentialSource::Static,
+            )),
             _ => Err(self.err(base, "incomplete credentials")),
         }
     }

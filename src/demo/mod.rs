@@ -127,6 +127,7 @@ impl Backends {
                 provider: spec.provider,
                 connect_to: None,
                 credentials,
+                credential_source: Default::default(),
                 timeouts: None,
             });
             backends.push(backend);
@@ -236,18 +237,37 @@ pub fn render_toml(config: &crate::config::Config) -> String {
             out,
             "[regions.{}]\nhosts = [{}]\nendpoint = {:?}\nbucket = {:?}\nsigning_region = {:?}\n\
              addressing = {addressing:?}\nkey_prefix = {:?}\nprovider = {provider:?}\n\
-             credentials = {{ access_key_id = {:?}, secret_access_key = {:?} }}\n",
+             credentials = {}\n",
             r.name,
             quoted(&mut r.hosts.iter().cloned()),
             r.endpoint.to_string().trim_end_matches('/'),
             r.bucket,
             r.signing_region,
             r.key_prefix,
-            r.credentials.access_key_id,
-            r.credentials.secret_access_key,
+            render_credentials(r),
         );
     }
     out
+}
+
+/// The `credentials` inline table of a region.
+fn render_credentials(r: &RegionConfig) -> String {
+    use crate::config::CredentialSource;
+    let source = |name: &str, profile: &Option<String>| match profile {
+        Some(p) => format!("{{ source = {name:?}, profile = {p:?} }}"),
+        None => format!("{{ source = {name:?} }}"),
+    };
+    match &r.credential_source {
+        CredentialSource::Static => format!(
+            "{{ access_key_id = {:?}, secret_access_key = {:?} }}",
+            r.credentials.access_key_id, r.credentials.secret_access_key
+        ),
+        CredentialSource::DefaultChain { profile } => source("default-chain", profile),
+        CredentialSource::Profile { profile } => source("profile", profile),
+        CredentialSource::Container => source("container", &None),
+        CredentialSource::Instance => source("instance", &None),
+        CredentialSource::WebIdentity => source("web-identity", &None),
+    }
 }
 
 /// A per-run secret so demo credentials are not guessable from the source.
@@ -286,6 +306,7 @@ mod tests {
                     secret_access_key: "S\"q".into(),
                     session_token: None,
                 },
+                credential_source: Default::default(),
                 timeouts: None,
             })
             .collect();

@@ -10,13 +10,11 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
     PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
     UriPathNormalizationMode, sign,
 };
 use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
@@ -33,6 +31,7 @@ use std::task::{Context, Poll};
 
 use crate::circuit::Circuit;
 use crate::config::{Addressing, Config, RegionConfig, RetryPolicy, Timeouts};
+use crate::credentials::SigningCredentials;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, RegionMetrics};
 use body::InFlight;
@@ -75,8 +74,8 @@ pub struct Upstream {
     path_prefix: String,
     /// SigV4 signing region.
     signing_region: String,
-    /// The identity requests are signed with.
-    identity: Identity,
+    /// The identity requests are signed with (refreshed in the background when temporary).
+    credentials: SigningCredentials,
     /// Limits on waiting for the backend.
     timeouts: Timeouts,
     /// Retries before the first byte.
@@ -114,15 +113,6 @@ impl Upstream {
         };
         path_prefix.push('/');
         path_prefix.push_str(&encode_key(&region.key_prefix));
-        let creds = &region.credentials;
-        let identity = Credentials::new(
-            &creds.access_key_id,
-            &creds.secret_access_key,
-            creds.session_token.clone(),
-            None,
-            "s3edge-config",
-        )
-        .into();
         Ok(Upstream {
             name: region.name.clone(),
             bucket: region.bucket.clone(),
@@ -131,7 +121,7 @@ impl Upstream {
             base,
             path_prefix,
             signing_region: region.signing_region.clone(),
-            identity,
+            credentials: SigningCredentials::new(region),
             timeouts,
             retry: config.retry,
             circuit: Circuit::new(config.circuit, (*metrics).clone()),
@@ -216,6 +206,11 @@ impl Upstream {
         let cap = exp.min(self.retry.max_backoff);
         let half = cap / 2;
         half + half.mul_f64(fastrand::f64())
+    }
+
+    /// Whether requests can be signed (a dynamic source has answered).
+    pub fn has_credentials(&self) -> bool {
+        self.credentials.current().is_some()
     }
 
     /// Whether the region's circuit is open (requests fail fast).
@@ -308,8 +303,12 @@ impl Upstream {
         settings.percent_encoding_mode = PercentEncodingMode::Single;
         settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
         settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        let identity = self
+            .credentials
+            .current()
+            .ok_or(GatewayError::NoCredentials)?;
         let params = v4::SigningParams::builder()
-            .identity(&self.identity)
+            .identity(&identity)
             .region(&self.signing_region)
             .name("s3")
             .time(SystemTime::now())

@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub mod faults;
+pub mod process;
 
 /// Upper bound on any single step of a test.
 pub const STEP: Duration = Duration::from_secs(20);

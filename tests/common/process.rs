@@ -1,0 +1,85 @@
+//! The `s3edge` binary as a child process: config files, its log, its address.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use s3edge::config::Config;
+
+/// The gateway binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_s3edge");
+
+pub fn write_config(dir: &Path, config: &Config, grace: Duration) -> std::path::PathBuf {
+    let mut config = config.clone();
+    // These tests are about streaming through: the cache would keep the bytes.
+    config.cache.enabled = false;
+    config.http_listeners = vec!["127.0.0.1:0".parse().unwrap()];
+    config.shutdown_grace = grace;
+    let path = dir.join("s3edge.toml");
+    std::fs::write(&path, s3edge::demo::render_toml(&config)).unwrap();
+    path
+}
+
+/// Starts `s3edge serve` and reads its listening address from the JSON log.
+pub fn spawn_gateway(config: &Path) -> (Child, SocketAddr) {
+    let (child, addr, _log) = spawn_gateway_with_log(config);
+    (child, addr)
+}
+
+/// Like [`spawn_gateway`], also handing out every later log line.
+pub fn spawn_gateway_with_log(
+    config: &Path,
+) -> (Child, SocketAddr, std::sync::mpsc::Receiver<String>) {
+    spawn_gateway_env(config, &[])
+}
+
+/// Like [`spawn_gateway_with_log`], with extra environment variables.
+pub fn spawn_gateway_env(
+    config: &Path,
+    env: &[(&str, &str)],
+) -> (Child, SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (log_tx, log_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("\"listening\"")
+                && let Some(start) = line.find("\"addr\":\"")
+            {
+                let rest = &line[start + 8..];
+                let addr = rest[..rest.find('"').unwrap()].to_string();
+                let _ = tx.send(addr);
+            }
+            let _ = log_tx.send(line);
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("gateway did not report its address");
+    (child, addr.parse().unwrap(), log_rx)
+}
+
+/// Waits for a log line containing `needle`.
+pub fn wait_for_log(log: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no log line with `{needle}`"),
+        }
+    }
+}
