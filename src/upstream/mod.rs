@@ -272,7 +272,17 @@ impl Upstream {
         if self.send(head).await?.status().is_success() {
             return Ok(());
         }
-        let create = self.signed(Method::PUT, &url, HeaderMap::new(), Bytes::new())?;
+        // Outside us-east-1, S3 (and compatible stores) require the region in the body.
+        let body = if self.signing_region == "us-east-1" {
+            Bytes::new()
+        } else {
+            Bytes::from(format!(
+                "<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                 <LocationConstraint>{}</LocationConstraint></CreateBucketConfiguration>",
+                self.signing_region
+            ))
+        };
+        let create = self.signed(Method::PUT, &url, HeaderMap::new(), body)?;
         let response = self.send(create).await?;
         if response.status().is_success() {
             return Ok(());

@@ -1,0 +1,288 @@
+//! The same user-facing scenarios against a second, independent S3 implementation: moto's
+//! server mode (`python3 -m moto.server`, installed by `.ci/setup`). Moto checks no
+//! signatures, so these tests are about HTTP semantics (ranges, conditionals, 404s, the
+//! cache, retries), not signing; the s3s tests cover signing. The gateway must not depend
+//! on one server's quirks.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::faults::{Fault, FaultProxy};
+use common::{Reply, within};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use s3edge::config::{Addressing, Config, RegionConfig, StaticCredentials};
+use s3edge::demo::{self, REGIONS, SAMPLE_ACCOUNT};
+use s3edge::route::FileKind;
+use s3edge::server::Listener;
+use s3edge::service::Gateway;
+use tokio::net::TcpListener;
+
+/// A moto server on a loopback port of its choosing; killed on drop.
+struct Moto {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let mut child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 not found: run `bash .ci/setup`");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("Running on http://").nth(1) {
+                    let _ = tx.send(rest.trim().to_string());
+                }
+                if line.contains("No module named moto") {
+                    let _ = tx.send(String::new());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("moto did not start: run `bash .ci/setup`");
+        assert!(
+            !addr.is_empty(),
+            "moto is not installed: run `bash .ci/setup`"
+        );
+        Moto {
+            child,
+            addr: addr.parse().unwrap(),
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gateway whose four regions live on one moto server (one bucket each).
+struct MotoGateway {
+    addr: SocketAddr,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn moto_regions(endpoint: SocketAddr) -> Vec<RegionConfig> {
+    REGIONS
+        .iter()
+        .map(|spec| RegionConfig {
+            name: spec.name.into(),
+            hosts: vec![spec.host.into()],
+            endpoint: format!("http://{endpoint}").parse().unwrap(),
+            bucket: spec.bucket.into(),
+            signing_region: spec.signing_region.into(),
+            addressing: Addressing::Path,
+            key_prefix: String::new(),
+            provider: spec.provider,
+            connect_to: None,
+            credentials: StaticCredentials {
+                access_key_id: "testing".into(),
+                secret_access_key: "testing".into(),
+                session_token: None,
+            },
+            credential_source: Default::default(),
+            timeouts: None,
+        })
+        .collect()
+}
+
+impl MotoGateway {
+    /// Uploads the sample set to `moto` (directly) and starts a gateway in front of
+    /// `endpoint` (moto itself, or a fault proxy in front of it).
+    async fn start(moto: &Moto, endpoint: SocketAddr, adjust: impl FnOnce(&mut Config)) -> Self {
+        let uploader = Config::for_regions(moto_regions(moto.addr), "127.0.0.1:0".parse().unwrap());
+        let writer = Gateway::new(&uploader).unwrap();
+        within(demo::upload_sample(&writer, &uploader.regions))
+            .await
+            .unwrap();
+        let mut config =
+            Config::for_regions(moto_regions(endpoint), "127.0.0.1:0".parse().unwrap());
+        adjust(&mut config);
+        let gateway = Gateway::new(&config).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (limits, grace) = (config.limits, config.shutdown_grace);
+        tokio::spawn(s3edge::server::serve(
+            gateway,
+            vec![Listener {
+                tcp: listener,
+                tls: None,
+            }],
+            limits,
+            grace,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        MotoGateway {
+            addr,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            _stop: tx,
+        }
+    }
+
+    async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let response = within(self.client.request(builder.body(Empty::new()).unwrap()))
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: within(body.collect()).await.unwrap().to_bytes(),
+        }
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(Method::GET, path, headers).await
+    }
+}
+
+fn path(region: &str, kind: FileKind) -> String {
+    common::sample_path(region, kind)
+}
+
+#[tokio::test]
+async fn whole_files_ranges_and_heads_from_moto() {
+    let moto = Moto::start();
+    for cache in [false, true] {
+        let gw = MotoGateway::start(&moto, moto.addr, |c| c.cache.enabled = cache).await;
+        for region in ["eu1", "eu2", "us1", "us2"] {
+            for kind in FileKind::ALL {
+                let reply = gw.get(&path(region, kind), &[]).await;
+                assert_eq!(
+                    reply.status,
+                    StatusCode::OK,
+                    "{region} {kind:?} cache {cache}"
+                );
+                assert!(reply.body == demo::sample_file(kind));
+                assert_eq!(reply.header("content-type"), Some(kind.content_type()));
+                assert_eq!(reply.header("accept-ranges"), Some("bytes"));
+            }
+        }
+        let whole = demo::sample_file(FileKind::Processed);
+        let len = whole.len();
+        let p = path("eu1", FileKind::Processed);
+        let range = gw.get(&p, &[("range", "bytes=100-1123")]).await;
+        assert_eq!(range.status, StatusCode::PARTIAL_CONTENT, "cache {cache}");
+        assert_eq!(
+            range.header("content-range"),
+            Some(format!("bytes 100-1123/{len}").as_str())
+        );
+        assert_eq!(range.body, whole.slice(100..1124));
+        let suffix = gw.get(&p, &[("range", "bytes=-500")]).await;
+        assert_eq!(suffix.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(suffix.body, whole.slice(len - 500..));
+        let beyond = gw.get(&p, &[("range", &format!("bytes={len}-"))]).await;
+        assert_eq!(
+            beyond.status,
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "cache {cache}"
+        );
+        let head = gw.send(Method::HEAD, &p, &[]).await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(
+            head.header("content-length"),
+            Some(len.to_string().as_str())
+        );
+        assert!(head.body.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn conditionals_and_missing_files_from_moto() {
+    let moto = Moto::start();
+    for cache in [false, true] {
+        let gw = MotoGateway::start(&moto, moto.addr, |c| c.cache.enabled = cache).await;
+        let p = path("us2", FileKind::Snapshot);
+        let first = gw.get(&p, &[]).await;
+        let etag = first.header("etag").unwrap().to_string();
+        let not_modified = gw.get(&p, &[("if-none-match", &etag)]).await;
+        assert_eq!(
+            not_modified.status,
+            StatusCode::NOT_MODIFIED,
+            "cache {cache}"
+        );
+        assert!(not_modified.body.is_empty());
+        let stale_range = gw
+            .get(
+                &p,
+                &[("range", "bytes=0-9"), ("if-range", "\"not-the-etag\"")],
+            )
+            .await;
+        assert_eq!(
+            stale_range.status,
+            StatusCode::OK,
+            "If-Range mismatch: whole file"
+        );
+        assert!(stale_range.body == demo::sample_file(FileKind::Snapshot));
+        let fresh_range = gw
+            .get(&p, &[("range", "bytes=0-9"), ("if-range", &etag)])
+            .await;
+        assert_eq!(
+            fresh_range.status,
+            StatusCode::PARTIAL_CONTENT,
+            "cache {cache}"
+        );
+        assert_eq!(fresh_range.body.len(), 10);
+        let missing = gw
+            .get(&format!("/us2/{SAMPLE_ACCOUNT}/no-such-recording.mp4"), &[])
+            .await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND, "cache {cache}");
+        assert_eq!(&missing.body[..], b"not found\n");
+        let cors = gw.get(&p, &[("origin", "https://player.example")]).await;
+        assert_eq!(cors.header("access-control-allow-origin"), Some("*"));
+    }
+}
+
+#[tokio::test]
+async fn the_cache_answers_a_second_request_and_503s_are_retried_with_moto() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.addr);
+    let gw = MotoGateway::start(&moto, proxy.addr, |c| {
+        c.retry.backoff = Duration::from_millis(5);
+    })
+    .await;
+    let p = path("eu2", FileKind::Raw);
+    proxy.script(&[Fault::Status(503)], Fault::Pass);
+    let first = gw.get(&p, &[]).await;
+    assert_eq!(first.status, StatusCode::OK, "the 503 was retried");
+    assert!(first.body == demo::sample_file(FileKind::Raw));
+    let asked = proxy.connections();
+    let second = gw.get(&p, &[]).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert!(second.body == first.body);
+    assert!(
+        second.header("cache-status").unwrap().contains("hit"),
+        "{:?}",
+        second.header("cache-status")
+    );
+    assert_eq!(proxy.connections(), asked, "a hit does not ask moto");
+    let _: HeaderMap = second.headers;
+}
