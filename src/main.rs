@@ -52,6 +52,41 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// One embedded S3 backend (as in `demo`) on a fixed address, seeded with synthetic
+    /// recordings: the origin of load and fault drills (kill it, start it again).
+    Backend(BackendArgs),
+}
+
+/// `s3edge backend` options.
+#[derive(Debug, clap::Args)]
+struct BackendArgs {
+    /// Where the backend listens.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// Where it keeps its objects (kept across restarts).
+    #[arg(long)]
+    data: PathBuf,
+    /// Signing region it accepts.
+    #[arg(long, default_value = "eu-central-1")]
+    region: String,
+    /// Bucket to create and seed.
+    #[arg(long, default_value = "eu1-addpipe")]
+    bucket: String,
+    /// Access key id it accepts.
+    #[arg(long, default_value = "LOADKEY")]
+    access_key: String,
+    /// Secret key it accepts (test credentials only).
+    #[arg(long, default_value = "load-secret")]
+    secret_key: String,
+    /// Synthetic recordings `{account}/rec-{i}.mp4` to write, unless already there.
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// Size of each synthetic recording.
+    #[arg(long, default_value = "256KiB")]
+    object_size: bytesize::ByteSize,
+    /// Account hash of the synthetic recordings.
+    #[arg(long, default_value = "loadtest0000")]
+    account: String,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +104,7 @@ fn main() -> ExitCode {
             Command::Serve { config } => serve(config).await,
             Command::CheckConfig { file } => check_config(file),
             Command::Demo { listen, data } => run_demo(listen, data).await,
+            Command::Backend(args) => run_backend(args).await,
         }
     });
     match result {
@@ -94,9 +130,29 @@ fn init_tracing(format: LogFormat) {
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
+    raise_descriptor_limit(config.limits.max_connections);
     let bound = s3edge::bind(&config).await?;
     s3edge::run(&config, bound, Some(path), s3edge::shutdown_signal()).await?;
     Ok(())
+}
+
+/// Every client connection costs a descriptor (two with its upstream connection): raise the
+/// soft limit to the hard one, and say so when `max_connections` still does not fit.
+fn raise_descriptor_limit(max_connections: usize) {
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(1024);
+    match rlimit::increase_nofile_limit(needed) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            max_connections,
+            "the descriptor limit is below what limits.max_connections may need; \
+             raise `ulimit -n` (hard) or lower max_connections"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read or raise the descriptor limit"),
+    }
 }
 
 fn check_config(path: PathBuf) -> anyhow::Result<()> {
@@ -133,6 +189,37 @@ async fn run_demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<(
         .unwrap_or(listen);
     print_demo_urls(addr, &root);
     s3edge::run(&config, bound, None, s3edge::shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let backend = demo::backend::S3Backend::start(
+        listener,
+        demo::backend::BackendOptions {
+            region: args.region.clone(),
+            access_key: args.access_key.clone(),
+            secret_key: args.secret_key.clone(),
+            provider: s3edge::config::Provider::Aws,
+            root: args.data.clone(),
+            redirect_to_region: None,
+            public_read: false,
+            virtual_host_domain: None,
+        },
+    )?;
+    let seed = demo::Seed {
+        bucket: args.bucket,
+        signing_region: args.region,
+        access_key: args.access_key,
+        secret_key: args.secret_key,
+        account: args.account,
+        count: args.seed,
+        size: args.object_size.as_u64(),
+    };
+    demo::seed_objects(&backend, &args.data, &seed).await?;
+    tracing::info!(addr = %backend.addr, "backend listening");
+    s3edge::shutdown_signal().await;
+    backend.stop();
     Ok(())
 }
 

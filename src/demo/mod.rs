@@ -161,6 +161,91 @@ pub async fn upload_sample(
     Ok(())
 }
 
+/// Synthetic recordings for a standalone backend (`s3edge backend --seed`).
+#[derive(Debug, Clone)]
+pub struct Seed {
+    /// Bucket to create.
+    pub bucket: String,
+    /// Signing region of the backend.
+    pub signing_region: String,
+    /// Access key id of the backend.
+    pub access_key: String,
+    /// Secret key of the backend.
+    pub secret_key: String,
+    /// Account hash of the keys.
+    pub account: String,
+    /// How many `{account}/rec-{i}.mp4` objects.
+    pub count: u32,
+    /// Bytes each.
+    pub size: u64,
+}
+
+/// Writes `seed.count` objects through the signed write path, once: a marker file in
+/// `root` says a previous start already did.
+pub async fn seed_objects(
+    backend: &backend::S3Backend,
+    root: &std::path::Path,
+    seed: &Seed,
+) -> Result<(), GatewayError> {
+    let marker = root.join(format!(
+        ".seeded-{}-{}-{}",
+        seed.bucket, seed.count, seed.size
+    ));
+    if seed.count == 0 || tokio::fs::try_exists(&marker).await.unwrap_or(false) {
+        return Ok(());
+    }
+    let region = RegionConfig {
+        name: "seed".into(),
+        hosts: vec!["seed.invalid".into()],
+        endpoint: backend
+            .endpoint()
+            .parse()
+            .map_err(|_| GatewayError::Internal("backend endpoint"))?,
+        bucket: seed.bucket.clone(),
+        signing_region: seed.signing_region.clone(),
+        addressing: Addressing::Path,
+        key_prefix: String::new(),
+        provider: Provider::Aws,
+        connect_to: None,
+        credentials: StaticCredentials {
+            access_key_id: seed.access_key.clone(),
+            secret_access_key: seed.secret_key.clone(),
+            session_token: None,
+        },
+        credential_source: Default::default(),
+        timeouts: None,
+    };
+    let config = crate::config::Config::for_regions(
+        vec![region],
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+    );
+    let gateway = Gateway::new(&config)?;
+    let upstream = gateway
+        .upstream("seed")
+        .ok_or(GatewayError::Internal("seed region"))?;
+    upstream.ensure_bucket().await?;
+    let size = usize::try_from(seed.size).map_err(|_| GatewayError::Internal("object size"))?;
+    for i in 0..seed.count {
+        // Distinct bytes per object, so a mixed-up cache entry shows.
+        let body: Bytes = (0..size)
+            .map(|j| (j as u64).wrapping_mul(31).wrapping_add(u64::from(i)) as u8)
+            .collect::<Vec<u8>>()
+            .into();
+        let key = format!("{}/rec-{i}.mp4", seed.account);
+        upstream
+            .put_object(
+                &key,
+                body,
+                policy::write_headers(Provider::Aws, FileKind::Processed),
+            )
+            .await?;
+    }
+    tokio::fs::write(&marker, b"")
+        .await
+        .map_err(|_| GatewayError::Internal("seed marker"))?;
+    Ok(())
+}
+
 /// Renders the regions and plain listeners of a config as a TOML file for `s3edge serve`,
 /// credentials inline: how tests and benchmarks run the binary against demo backends.
 pub fn render_toml(config: &crate::config::Config) -> String {
