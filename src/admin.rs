@@ -88,13 +88,13 @@ async fn handle(
             response
         }
         (&Method::DELETE, _) if path.starts_with("/cache/") => {
-            purge(gateway, &path["/cache/".len()..])
+            purge(gateway, &path["/cache/".len()..]).await
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }
 
-fn purge(gateway: &Gateway, rest: &str) -> Response<Full<Bytes>> {
+async fn purge(gateway: &Gateway, rest: &str) -> Response<Full<Bytes>> {
     let Some(cache) = gateway.cache() else {
         return text(StatusCode::CONFLICT, "cache disabled\n".into());
     };
@@ -131,6 +131,9 @@ fn purge(gateway: &Gateway, rest: &str) -> Response<Full<Bytes>> {
     };
     match cache.purge(index, account, target) {
         Ok(()) => {
+            // Apply the invalidation now, so the memory is released without waiting for
+            // traffic to drive the cache's housekeeping.
+            cache.sync().await;
             tracing::info!(region, account, path = rest, "cache purge");
             text(StatusCode::OK, "purged\n".into())
         }

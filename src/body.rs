@@ -222,7 +222,8 @@ impl Drop for AccessLog {
                 .region
                 .clone()
                 .unwrap_or_else(|| std::sync::Arc::from("-")),
-            status: self.status,
+            // No status yet: the client went away before the response head (nginx's 499).
+            status: if self.status == 0 { 499 } else { self.status },
             cache: cache_label(self.cache.as_ref()),
         };
         self.metrics
