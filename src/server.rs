@@ -17,7 +17,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{CertificateConfig, Limits};
-use crate::idle::{IdleTracked, idle_for};
+use crate::idle::{Activity, IdleTracked, idle_for};
 use crate::service::LiveGateway;
 
 /// A bound listener and, for HTTPS, its TLS acceptor.
@@ -146,45 +146,21 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _permit = permit;
             let _counted = counted;
-            let service = service_fn(move |request| {
-                let gateway = live.current();
-                async move { Ok::<_, Infallible>(gateway.handle(request).await) }
-            });
-            let idle = shared.limits.keep_alive_idle;
-            let first_byte = shared.limits.header_read_timeout;
             let (stream, activity) = IdleTracked::new(stream);
             let result = match tls {
-                None => {
-                    let conn = shared
-                        .builder
-                        .serve_connection(TokioIo::new(stream), service);
-                    let watched = watcher.watch(conn.into_owned());
-                    tokio::select! {
-                        result = watched => result,
-                        () = idle_for(&activity, idle, first_byte) => Ok(()),
-                    }
-                }
+                None => serve_io(stream, live, &shared, watcher, &activity).await,
                 Some(acceptor) => {
                     let handshake = shared.limits.header_read_timeout;
-                    let stream =
-                        match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%peer, %error, "tls handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "tls handshake timed out");
-                                return;
-                            }
-                        };
-                    let conn = shared
-                        .builder
-                        .serve_connection(TokioIo::new(stream), service);
-                    let watched = watcher.watch(conn.into_owned());
-                    tokio::select! {
-                        result = watched => result,
-                        () = idle_for(&activity, idle, first_byte) => Ok(()),
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_io(stream, live, &shared, watcher, &activity).await,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "tls handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "tls handshake timed out");
+                            return;
+                        }
                     }
                 }
             };
@@ -192,6 +168,30 @@ async fn accept_loop(
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
+    }
+}
+
+/// Serves one client connection until it ends, the server drains it, or it idles out.
+async fn serve_io<I>(
+    io: I,
+    live: LiveGateway,
+    shared: &Shared,
+    watcher: Watcher,
+    activity: &Activity,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // Each request takes the gateway current when it arrives (reloads apply at once).
+    let service = service_fn(move |request| {
+        let gateway = live.current();
+        async move { Ok::<_, Infallible>(gateway.handle(request).await) }
+    });
+    let conn = shared.builder.serve_connection(TokioIo::new(io), service);
+    let limits = &shared.limits;
+    tokio::select! {
+        result = watcher.watch(conn.into_owned()) => result,
+        () = idle_for(activity, limits.keep_alive_idle, limits.header_read_timeout) => Ok(()),
     }
 }
 

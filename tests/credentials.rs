@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use common::process::{spawn_gateway_env, wait_for_log, write_config};
+use common::process::{get_fresh, spawn_gateway_env, wait_for_log, write_config};
 use common::{Harness, within};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use s3edge::config::{CredentialSource, StaticCredentials};
 use s3edge::route::FileKind;
@@ -153,16 +153,7 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 async fn get_status(addr: SocketAddr, path: &str) -> StatusCode {
-    let stream = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let request = Request::get(path)
-        .header("host", "edge.test")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let response = within(sender.send_request(request)).await.unwrap();
+    let response = get_fresh(addr, path, &[]).await;
     let status = response.status();
     let _ = within(response.into_body().collect()).await;
     status

@@ -11,11 +11,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::process::{BIN, spawn_gateway, spawn_gateway_with_log, wait_for_log, write_config};
+use common::process::{
+    BIN, get_fresh, signal, spawn_gateway, spawn_gateway_with_log, wait_for_log, write_config,
+};
 use common::{Harness, within};
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
+use http_body_util::BodyExt;
 use s3edge::service::Gateway;
 
 /// Resident set size and its peak, in KiB, from /proc.
@@ -33,16 +34,7 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 }
 
 async fn start_download(addr: SocketAddr, path: &str) -> hyper::Response<hyper::body::Incoming> {
-    let stream = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let request = Request::get(path)
-        .header("host", "edge.test")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    within(sender.send_request(request)).await.unwrap()
+    get_fresh(addr, path, &[]).await
 }
 
 async fn put_large_object(h: &Harness, size: usize) -> (String, Bytes) {
@@ -231,17 +223,7 @@ async fn sigterm_finishes_in_flight_downloads_and_refuses_new_ones() {
 
 /// One GET through a fresh connection: status, `Access-Control-Allow-Origin`, body.
 async fn get_once(addr: SocketAddr, path: &str) -> (StatusCode, Option<String>, Bytes) {
-    let stream = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let request = Request::get(path)
-        .header("host", "edge.test")
-        .header("origin", "https://player.example")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let response = within(sender.send_request(request)).await.unwrap();
+    let response = get_fresh(addr, path, &[("origin", "https://player.example")]).await;
     let status = response.status();
     let origin = response
         .headers()
@@ -266,7 +248,6 @@ async fn sighup_reloads_credentials_and_cors_and_rejects_a_bad_file() {
     assert_eq!(v1.regions[1].name, "eu2");
     let path = write_config(dir.path(), &v1, Duration::from_secs(10));
     let (mut child, addr, log) = spawn_gateway_with_log(&path);
-    let pid = child.id().to_string();
     let snapshot = common::sample_path("eu2", s3edge::route::FileKind::Snapshot);
     let (status, origin, _) = get_once(addr, &snapshot).await;
     assert_eq!(
@@ -288,13 +269,7 @@ async fn sighup_reloads_credentials_and_cors_and_rejects_a_bad_file() {
     let mut v2 = h.config.clone();
     v2.cors.allow_origin = "*".into();
     write_config(dir.path(), &v2, Duration::from_secs(10));
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&child, "HUP");
     wait_for_log(&log, "config reloaded");
     let (status, origin, body) = get_once(addr, &snapshot).await;
     assert_eq!(status, StatusCode::OK, "new credentials are used");
@@ -306,13 +281,7 @@ async fn sighup_reloads_credentials_and_cors_and_rejects_a_bad_file() {
 
     // A broken file is refused; the running config keeps serving.
     std::fs::write(&path, "[server\nhttp = 1").unwrap();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&child, "HUP");
     let line = wait_for_log(&log, "config reload rejected");
     assert!(line.contains("s3edge.toml"), "{line}");
     let secret = &h.config.regions[1].credentials.secret_access_key;
@@ -385,7 +354,6 @@ async fn sighup_swaps_certificates_and_keeps_them_when_the_new_ones_are_bad() {
     config.certificates = vec![first];
     let path = write_config(dir.path(), &config, Duration::from_secs(5));
     let (mut child, _, log) = spawn_gateway_with_log(&path);
-    let pid = child.id().to_string();
     let line = wait_for_log(&log, "\"scheme\":\"https\"");
     let start = line.find("\"addr\":\"").unwrap() + 8;
     let https: SocketAddr = line[start..start + line[start..].find('"').unwrap()]
@@ -395,13 +363,7 @@ async fn sighup_swaps_certificates_and_keeps_them_when_the_new_ones_are_bad() {
 
     config.certificates = vec![second.clone()];
     write_config(dir.path(), &config, Duration::from_secs(5));
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&child, "HUP");
     wait_for_log(&log, "config reloaded");
     assert_eq!(presented_certificate(https, &trusted).await, second_der);
 
@@ -410,13 +372,7 @@ async fn sighup_swaps_certificates_and_keeps_them_when_the_new_ones_are_bad() {
     std::fs::write(&broken.key, "not a key").unwrap();
     config.certificates = vec![broken];
     write_config(dir.path(), &config, Duration::from_secs(5));
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&child, "HUP");
     let line = wait_for_log(&log, "config reload rejected");
     assert!(line.contains("broken-key.pem"), "{line}");
     assert_eq!(presented_certificate(https, &trusted).await, second_der);

@@ -83,3 +83,37 @@ pub fn wait_for_log(log: &std::sync::mpsc::Receiver<String>, needle: &str) -> St
         }
     }
 }
+
+/// Sends `kill -{signal}` to the gateway.
+pub fn signal(child: &Child, signal: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} failed");
+}
+
+/// A GET on a fresh HTTP/1.1 connection (Host `edge.test`), returning as soon as the head
+/// arrives.
+pub async fn get_fresh(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> hyper::Response<hyper::body::Incoming> {
+    let stream = super::within(tokio::net::TcpStream::connect(addr))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut request = http::Request::get(path).header("host", "edge.test");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    super::within(sender.send_request(request)).await.unwrap()
+}
