@@ -144,8 +144,24 @@ impl GatewayError {
         )
     }
 
-    /// Whether operators need to hear about it (server-side faults), as opposed to client noise.
+    /// Whether operators need to hear about it (server-side faults), as opposed to client
+    /// noise. A fast-failed request of an open circuit is not: the circuit logged once.
     pub fn is_server_fault(&self) -> bool {
-        self.status().is_server_error()
+        self.status().is_server_error() && self.upstream_kind() != "circuit_open"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_circuit_is_a_503_but_not_logged_as_a_fault() {
+        let fast = GatewayError::RegionUnavailable;
+        assert_eq!(fast.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!fast.is_server_fault());
+        assert!(!GatewayError::Shared(std::sync::Arc::new(fast)).is_server_fault());
+        assert!(GatewayError::UpstreamTimeout("response head").is_server_fault());
+        assert!(!GatewayError::NotFound.is_server_fault());
     }
 }

@@ -488,6 +488,9 @@ impl Fill {
                 let error = upstream::upstream_status_error(response).await;
                 tracing::warn!(key = %object.key, error = %error.detail(), "chunk fetch failed");
             }
+            Err(error) if !error.is_server_fault() => {
+                tracing::debug!(key = %object.key, error = %error.detail(), "chunk fetch failed");
+            }
             Err(error) => {
                 tracing::warn!(key = %object.key, error = %error.detail(), "chunk fetch failed");
             }
