@@ -147,7 +147,16 @@ impl GatewayError {
     /// Whether operators need to hear about it (server-side faults), as opposed to client
     /// noise. A fast-failed request of an open circuit is not: the circuit logged once.
     pub fn is_server_fault(&self) -> bool {
-        self.status().is_server_error() && self.upstream_kind() != "circuit_open"
+        self.status().is_server_error() && !self.is_circuit_open()
+    }
+
+    /// A request failed fast because its region's circuit is open.
+    fn is_circuit_open(&self) -> bool {
+        match self {
+            GatewayError::Shared(inner) => inner.is_circuit_open(),
+            GatewayError::RegionUnavailable => true,
+            _ => false,
+        }
     }
 }
 

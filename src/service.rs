@@ -83,12 +83,6 @@ impl From<Gateway> for LiveGateway {
     }
 }
 
-impl From<&LiveGateway> for LiveGateway {
-    fn from(live: &LiveGateway) -> Self {
-        live.clone()
-    }
-}
-
 /// What the request asked for, read once from the client's headers.
 struct Conditional {
     /// Headers sent upstream.

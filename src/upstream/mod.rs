@@ -175,9 +175,7 @@ impl Upstream {
                 self.circuit.success();
                 let response = outcome?;
                 self.check_redirect(&response)?;
-                let idle = self.timeouts.body_idle;
-                let metrics = self.metrics.clone();
-                return Ok(response.map(|body| UpstreamBody::new(body, idle, metrics, in_flight)));
+                return Ok(self.idle_limited(response, in_flight));
             };
             self.metrics.error(kind);
             if retryable && attempt < self.retry.attempts {
@@ -188,12 +186,20 @@ impl Upstream {
                 continue;
             }
             self.circuit.failure();
-            let metrics = self.metrics.clone();
-            let idle = self.timeouts.body_idle;
-            return outcome.map(|response| {
-                response.map(|body| UpstreamBody::new(body, idle, metrics, in_flight))
-            });
+            // The caller maps a final 5xx to its own error (and reads the S3 code for the log).
+            return outcome.map(|response| self.idle_limited(response, in_flight));
         }
+    }
+
+    /// The response with its body under this region's idle limit, counted in flight.
+    fn idle_limited(
+        &self,
+        response: Response<Incoming>,
+        in_flight: InFlight,
+    ) -> Response<UpstreamBody> {
+        let idle = self.timeouts.body_idle;
+        let metrics = self.metrics.clone();
+        response.map(|body| UpstreamBody::new(body, idle, metrics, in_flight))
     }
 
     /// The wait before retry `attempt` (1-based): exponential, capped, with equal jitter so
