@@ -145,7 +145,7 @@ async fn purge(gateway: &Gateway, rest: &str) -> Response<Full<Bytes>> {
 /// ready when the cache can serve its files stale.
 async fn readyz(gateway: &Gateway) -> Response<Full<Bytes>> {
     let probes = gateway.upstreams().iter().map(|upstream| async move {
-        let reachable = upstream.probe(READY_PROBE_TIMEOUT).await;
+        let reachable = upstream.is_reachable(READY_PROBE_TIMEOUT).await;
         (
             upstream.name().to_string(),
             reachable,

@@ -1,5 +1,6 @@
-//! One error type for the request path: each variant knows its status and short public body;
-//! the detail (never a credential) goes to the log, never to the client.
+//! The two error layers: [`GatewayError`] for the request path (each variant knows its
+//! status and short public body; the detail, never a credential, goes to the log) and
+//! [`StartupError`] for building and binding the gateway (reported once, to the operator).
 
 use http::StatusCode;
 
@@ -61,6 +62,34 @@ pub enum GatewayError {
     /// The error of a fetch shared by collapsed requests.
     #[error(transparent)]
     Shared(std::sync::Arc<GatewayError>),
+}
+
+/// Why the gateway could not start (or a reload could not be built).
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A listen address is taken or not ours.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A certificate or key could not be loaded.
+    #[error("tls: {0}")]
+    Tls(#[source] std::io::Error),
+    /// A region's upstream client could not be built.
+    #[error("region {region}: {reason}")]
+    Upstream {
+        /// The region.
+        region: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A CORS header value is not a valid header.
+    #[error("cors: {0} is not a valid header value")]
+    Cors(&'static str),
 }
 
 impl GatewayError {

@@ -18,22 +18,27 @@
 //! - [`reload`]: SIGHUP re-reads the config and swaps it in atomically.
 //! - [`admin`]: health, readiness, metrics and purge on a separate (loopback) listener.
 //! - [`metrics`]: the Prometheus series.
-//! - [`demo`]: embedded S3 backends and a sample recording (`s3edge demo`, tests).
+//! - [`logging`]: log output of the binary (text or JSON, colour only on a terminal).
+//!
+//! The demo and the embedded S3 backends of the tests live in the `s3edge-testbed` crate of
+//! this workspace: the deployable build links no S3 server code.
 
 pub mod admin;
 pub mod body;
 pub mod cache;
 pub mod circuit;
+pub mod conditional;
 pub mod config;
 pub mod cors;
 pub mod credentials;
-pub mod demo;
 pub mod error;
 pub mod idle;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod range;
 pub mod reload;
+pub mod respond;
 pub mod route;
 pub mod server;
 pub mod service;
@@ -44,6 +49,7 @@ use std::future::Future;
 use tokio::net::TcpListener;
 
 use config::Config;
+pub use error::StartupError;
 use server::Listener;
 use service::Gateway;
 
@@ -53,10 +59,13 @@ pub struct Bound {
     pub listeners: Vec<Listener>,
     /// Certificates of the TLS listeners (reloadable).
     pub certs: Option<server::CertStore>,
+    /// The admin listener, when the config has one.
+    pub admin: Option<TcpListener>,
 }
 
-/// Binds every listener of the config (HTTPS ones with their TLS acceptor).
-pub async fn bind(config: &Config) -> std::io::Result<Bound> {
+/// Binds every listener of the config (HTTPS ones with their TLS acceptor, and the admin
+/// listener), so that a taken port is an error before anything runs.
+pub async fn bind(config: &Config) -> Result<Bound, StartupError> {
     let mut listeners = Vec::new();
     for addr in &config.http_listeners {
         listeners.push(Listener {
@@ -66,8 +75,8 @@ pub async fn bind(config: &Config) -> std::io::Result<Bound> {
     }
     let mut certs = None;
     if !config.https_listeners.is_empty() {
-        let store = server::CertStore::load(&config.certificates)?;
-        let acceptor = store.acceptor()?;
+        let store = server::CertStore::load(&config.certificates).map_err(StartupError::Tls)?;
+        let acceptor = store.acceptor().map_err(StartupError::Tls)?;
         for addr in &config.https_listeners {
             listeners.push(Listener {
                 tcp: bind_addr(*addr).await?,
@@ -76,13 +85,21 @@ pub async fn bind(config: &Config) -> std::io::Result<Bound> {
         }
         certs = Some(store);
     }
-    Ok(Bound { listeners, certs })
+    let admin = match &config.admin {
+        Some(admin) => Some(bind_addr(admin.listen).await?),
+        None => None,
+    };
+    Ok(Bound {
+        listeners,
+        certs,
+        admin,
+    })
 }
 
-async fn bind_addr(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+async fn bind_addr(addr: std::net::SocketAddr) -> Result<TcpListener, StartupError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        .map_err(|source| StartupError::Bind { addr, source })
 }
 
 /// Runs the gateway on already-bound listeners until `shutdown` resolves, then drains.
@@ -92,19 +109,23 @@ pub async fn run(
     bound: Bound,
     config_path: Option<std::path::PathBuf>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), error::GatewayError> {
-    let Bound { listeners, certs } = bound;
+) -> Result<(), StartupError> {
+    let Bound {
+        listeners,
+        certs,
+        admin,
+    } = bound;
     let live = service::LiveGateway::from(Gateway::new(config)?);
     let (admin_stop, admin_stop_rx) = tokio::sync::watch::channel(false);
-    if let Some(admin) = &config.admin {
-        let listener = bind_addr(admin.listen)
-            .await
-            .map_err(|_| error::GatewayError::Internal("cannot bind the admin listener"))?;
-        tracing::info!(addr = %admin.listen, "admin listening");
+    if let Some(listener) = admin {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "admin listening");
+        }
+        let token = config.admin.as_ref().and_then(|a| a.token.clone());
         tokio::spawn(admin::serve(
             listener,
             live.clone(),
-            admin.token.clone(),
+            token,
             admin_stop_rx.clone(),
         ));
     }

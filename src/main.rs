@@ -1,15 +1,12 @@
-//! The `s3edge` command: `serve`, `check-config`, `demo`.
+//! The `s3edge` command: `serve` and `check-config`. The demo is `s3edge-testbed demo`, in
+//! the testbed crate, so this binary links no S3 server code.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use s3edge::config::Config;
-use s3edge::demo;
-use s3edge::route::FileKind;
-use s3edge::service::Gateway;
+use s3edge::logging::LogFormat;
 
 /// mimalloc, measured with benches/load/load_fault.sh (10,000 connections, same machine):
 /// 5,470 vs 4,164 req/s with glibc, and RSS fell after a second round (1,230 MB) where
@@ -28,14 +25,6 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway with a config file until SIGINT or SIGTERM.
@@ -49,55 +38,11 @@ enum Command {
         /// The TOML config file.
         file: PathBuf,
     },
-    /// Zero set-up demo: four embedded S3 backends with a sample recording, and the gateway.
-    Demo {
-        /// Where the gateway listens.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Where the backends keep their data (default: a temporary folder).
-        #[arg(long)]
-        data: Option<PathBuf>,
-    },
-    /// One embedded S3 backend (as in `demo`) on a fixed address, seeded with synthetic
-    /// recordings: the origin of load and fault drills (kill it, start it again).
-    Backend(BackendArgs),
-}
-
-/// `s3edge backend` options.
-#[derive(Debug, clap::Args)]
-struct BackendArgs {
-    /// Where the backend listens.
-    #[arg(long, default_value = "127.0.0.1:9000")]
-    listen: SocketAddr,
-    /// Where it keeps its objects (kept across restarts).
-    #[arg(long)]
-    data: PathBuf,
-    /// Signing region it accepts.
-    #[arg(long, default_value = "eu-central-1")]
-    region: String,
-    /// Bucket to create and seed.
-    #[arg(long, default_value = "eu1-addpipe")]
-    bucket: String,
-    /// Access key id it accepts.
-    #[arg(long, default_value = "LOADKEY")]
-    access_key: String,
-    /// Secret key it accepts (test credentials only).
-    #[arg(long, default_value = "load-secret")]
-    secret_key: String,
-    /// Synthetic recordings `{account}/rec-{i}.mp4` to write, unless already there.
-    #[arg(long, default_value_t = 0)]
-    seed: u32,
-    /// Size of each synthetic recording.
-    #[arg(long, default_value = "256KiB")]
-    object_size: bytesize::ByteSize,
-    /// Account hash of the synthetic recordings.
-    #[arg(long, default_value = "loadtest0000")]
-    account: String,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    s3edge::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -109,8 +54,6 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => serve(config).await,
             Command::CheckConfig { file } => check_config(file),
-            Command::Demo { listen, data } => run_demo(listen, data).await,
-            Command::Backend(args) => run_backend(args).await,
         }
     });
     match result {
@@ -119,18 +62,6 @@ fn main() -> ExitCode {
             eprintln!("s3edge: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 
@@ -171,93 +102,4 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
         config.https_listeners.len()
     );
     Ok(())
-}
-
-async fn run_demo(listen: SocketAddr, data: Option<PathBuf>) -> anyhow::Result<()> {
-    let temp;
-    let root = match data {
-        Some(dir) => dir,
-        None => {
-            temp = tempfile::tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
-    let backends = demo::Backends::start(&root).await?;
-    let mut config = Config::for_regions(backends.regions.clone(), listen);
-    config.shutdown_grace = Duration::from_secs(5);
-    let gateway = Gateway::new(&config)?;
-    demo::upload_sample(&gateway, &config.regions).await?;
-    let bound = s3edge::bind(&config).await?;
-    let addr = bound
-        .listeners
-        .first()
-        .and_then(|l| l.tcp.local_addr().ok())
-        .unwrap_or(listen);
-    print_demo_urls(addr, &root);
-    s3edge::run(&config, bound, None, s3edge::shutdown_signal()).await?;
-    Ok(())
-}
-
-async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let backend = demo::backend::S3Backend::start(
-        listener,
-        demo::backend::BackendOptions {
-            region: args.region.clone(),
-            access_key: args.access_key.clone(),
-            secret_key: args.secret_key.clone(),
-            provider: s3edge::config::Provider::Aws,
-            root: args.data.clone(),
-            redirect_to_region: None,
-            public_read: false,
-            virtual_host_domain: None,
-        },
-    )?;
-    let seed = demo::Seed {
-        bucket: args.bucket,
-        signing_region: args.region,
-        access_key: args.access_key,
-        secret_key: args.secret_key,
-        account: args.account,
-        count: args.seed,
-        size: args.object_size.as_u64(),
-    };
-    demo::seed_objects(&backend, &args.data, &seed).await?;
-    tracing::info!(addr = %backend.addr, "backend listening");
-    s3edge::shutdown_signal().await;
-    backend.stop();
-    Ok(())
-}
-
-fn print_demo_urls(addr: SocketAddr, root: &std::path::Path) {
-    let account = demo::SAMPLE_ACCOUNT;
-    let name = demo::SAMPLE_NAME;
-    println!(
-        "\ns3edge demo: gateway on http://{addr}, backend data in {}",
-        root.display()
-    );
-    println!(
-        "Four regions, each a SigV4-verifying S3 backend on loopback, hold one sample recording.\n"
-    );
-    println!("Open in a browser (path form):");
-    for spec in demo::REGIONS {
-        println!("  http://{addr}/{}/{account}/{name}.mp4", spec.name);
-    }
-    println!("\nAll four files of eu1 with curl (path form):");
-    for kind in FileKind::ALL {
-        println!(
-            "  curl -sI http://{addr}/eu1/{account}/{name}{}",
-            kind.suffix()
-        );
-    }
-    println!("\nHost form, as the public LOCATION URLs are resolved:");
-    for spec in demo::REGIONS {
-        println!(
-            "  curl -s -o /dev/null -w '%{{http_code}} %{{size_download}}\\n' -H 'Host: {}' http://{addr}/{account}/{name}.jpg",
-            spec.host
-        );
-    }
-    println!("\nA seek, as players do:");
-    println!("  curl -s -r 1000-1999 -D - -o /dev/null http://{addr}/us2/{account}/{name}_raw.mp4");
-    println!("\nCtrl-C stops it.\n");
 }

@@ -1,17 +1,16 @@
 //! Process metrics in Prometheus (OpenMetrics) text: requests, bytes, upstream latency and
-//! errors, connections, the circuit breakers, and the cache's own counters at scrape time.
+//! errors, connections, the circuit breakers, and any collector handed in (the cache's).
 
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::cache::Cache;
 
 /// Labels of a finished request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,8 +103,8 @@ impl RegionMetrics {
 }
 
 impl Metrics {
-    /// A fresh set of series; `cache` is read at every scrape.
-    pub fn new(cache: Option<Cache>) -> Metrics {
+    /// A fresh set of series; `extra` (the cache's collector) is read at every scrape.
+    pub fn new(extra: Option<Box<dyn Collector>>) -> Metrics {
         let mut registry = Registry::with_prefix("s3edge");
         let requests = Family::<RequestLabels, Counter>::default();
         let bytes_out = Family::<RegionLabel, Counter>::default();
@@ -169,8 +168,8 @@ impl Metrics {
             "Client connections accepted",
             connections.clone(),
         );
-        if let Some(cache) = cache {
-            registry.register_collector(Box::new(CacheCollector(cache)));
+        if let Some(collector) = extra {
+            registry.register_collector(collector);
         }
         Metrics {
             inner: Arc::new(Inner {
@@ -255,102 +254,4 @@ impl Drop for ConnectionGuard {
 /// Latency buckets from 1 ms to about 33 s.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
-}
-
-/// The cache's counters and size, read at scrape time.
-#[derive(Debug)]
-struct CacheCollector(Cache);
-
-impl Collector for CacheCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.0.stats();
-        let counters = [
-            (
-                "cache_hits",
-                "Requests answered from fresh cache metadata",
-                s.hits,
-            ),
-            (
-                "cache_misses",
-                "Requests whose metadata was fetched",
-                s.misses,
-            ),
-            (
-                "cache_stale",
-                "Stale serves (while revalidating or on error)",
-                s.stale,
-            ),
-            (
-                "cache_revalidations",
-                "Revalidations sent upstream",
-                s.revalidations,
-            ),
-            (
-                "cache_revalidated_unchanged",
-                "Revalidations answered 304",
-                s.revalidated_unchanged,
-            ),
-            (
-                "cache_collapsed",
-                "Requests that joined a fetch in flight",
-                s.collapsed,
-            ),
-            (
-                "cache_upstream_fetches",
-                "Upstream requests sent by the cache",
-                s.upstream_fetches,
-            ),
-            ("cache_chunks_stored", "Chunks stored", s.chunks_stored),
-            (
-                "cache_evictions",
-                "Entries evicted for space or age",
-                s.evictions,
-            ),
-            (
-                "cache_negative_hits",
-                "404s answered from the negative cache",
-                s.negative_hits,
-            ),
-            (
-                "cache_bypassed",
-                "Objects too large to cache, relayed",
-                s.bypassed,
-            ),
-            (
-                "cache_fetch_failures",
-                "Chunk fetches that failed",
-                s.fetch_failures,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
-        }
-        for (name, help, value) in [
-            ("cache_bytes", "Weighted bytes held by the cache", s.bytes),
-            ("cache_entries", "Entries held by the cache", s.entries),
-        ] {
-            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-        }
-        let answered = s.hits + s.stale + s.misses;
-        let ratio = if answered == 0 {
-            0.0
-        } else {
-            (s.hits + s.stale) as f64 / answered as f64
-        };
-        let gauge = ConstGauge::new(ratio);
-        gauge.encode(encoder.encode_descriptor(
-            "cache_hit_ratio",
-            "Share of cacheable requests answered without fetching metadata",
-            None,
-            gauge.metric_type(),
-        )?)?;
-        Ok(())
-    }
 }

@@ -23,7 +23,7 @@ pub enum ReloadError {
     Certificates(#[source] std::io::Error),
     /// The gateway could not be built from the new config.
     #[error("gateway: {0}")]
-    Gateway(#[source] crate::error::GatewayError),
+    Gateway(#[source] crate::error::StartupError),
     /// The blocking read was cancelled.
     #[error("reload task failed")]
     Task,

@@ -6,6 +6,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use http::HeaderValue;
+
 use crate::error::GatewayError;
 
 /// Longest accepted account hash or file name, in bytes.
@@ -48,6 +50,22 @@ impl FileKind {
         match self {
             FileKind::Processed | FileKind::Raw => "video/mp4",
             FileKind::Snapshot | FileKind::Filmstrip => "image/jpeg",
+        }
+    }
+
+    /// The `Content-Type` to send: the backend's, unless it says nothing (absent, empty or
+    /// a generic octet-stream), then this kind's. One rule for the relay and the cache.
+    pub fn content_type_for(self, backend: Option<&HeaderValue>) -> HeaderValue {
+        match backend {
+            Some(v)
+                if !matches!(
+                    v.as_bytes(),
+                    b"" | b"application/octet-stream" | b"binary/octet-stream"
+                ) =>
+            {
+                v.clone()
+            }
+            _ => HeaderValue::from_static(self.content_type()),
         }
     }
 

@@ -6,20 +6,21 @@ use std::time::Instant;
 
 use http::header::{
     ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_ENCODING, CONTENT_LANGUAGE,
-    CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, EXPIRES, HOST, IF_MATCH, IF_RANGE,
-    IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE,
+    CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, EXPIRES, HOST, LAST_MODIFIED,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::body::{AccessLog, ResponseBody, short_response};
+use crate::body::{AccessLog, CacheResult, ResponseBody, UpstreamBody};
 use crate::cache::{CACHE_STATUS, Cache, Served};
+use crate::conditional::Forward;
 use crate::config::Config;
 use crate::cors::{self, Cors};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, StartupError};
 use crate::metrics::Metrics;
+use crate::respond::{self, ALLOWED_METHODS};
 use crate::route::{ObjectRef, Router};
-use crate::upstream::{self, Upstream, UpstreamBody};
+use crate::upstream::{self, Upstream};
 
 /// Backend response headers the client gets; everything else (`x-amz-*`, `Server`) is dropped.
 const PASSED_RESPONSE_HEADERS: [HeaderName; 9] = [
@@ -33,8 +34,6 @@ const PASSED_RESPONSE_HEADERS: [HeaderName; 9] = [
     CONTENT_DISPOSITION,
     CONTENT_LANGUAGE,
 ];
-
-const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
 
 /// The gateway: cheap to clone, shared by every connection.
 #[derive(Clone, Debug)]
@@ -83,24 +82,19 @@ impl From<Gateway> for LiveGateway {
     }
 }
 
-/// What the request asked for, read once from the client's headers.
-struct Conditional {
-    /// Headers sent upstream.
-    forward: HeaderMap,
-    /// We turned `If-Range` into a precondition: on 412, refetch the whole object.
-    if_range_translated: bool,
-}
-
 impl Gateway {
     /// Builds the per-region clients, the router and a new cache from a validated config.
-    pub fn new(config: &Config) -> Result<Self, GatewayError> {
+    pub fn new(config: &Config) -> Result<Self, StartupError> {
         let cache = config.cache.enabled.then(|| Cache::new(&config.cache));
-        let metrics = Metrics::new(cache.clone());
+        let collector = cache.as_ref().map(|c| {
+            Box::new(c.collector()) as Box<dyn prometheus_client::collector::Collector>
+        });
+        let metrics = Metrics::new(collector);
         Gateway::build(config, cache, metrics)
     }
 
     /// A gateway for a new config that keeps this one's cache and metrics (reload).
-    pub fn reconfigured(&self, config: &Config) -> Result<Self, GatewayError> {
+    pub fn reconfigured(&self, config: &Config) -> Result<Self, StartupError> {
         Gateway::build(config, self.inner.cache.clone(), self.inner.metrics.clone())
     }
 
@@ -108,7 +102,7 @@ impl Gateway {
         config: &Config,
         cache: Option<Cache>,
         metrics: Metrics,
-    ) -> Result<Self, GatewayError> {
+    ) -> Result<Self, StartupError> {
         let router = Router::new(
             config
                 .regions
@@ -120,8 +114,7 @@ impl Gateway {
             .iter()
             .map(|r| Upstream::new(r, config, &metrics).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let cors =
-            Cors::new(&config.cors).map_err(|_| GatewayError::Internal("invalid cors header"))?;
+        let cors = Cors::new(&config.cors).map_err(|_| StartupError::Cors("a [cors] value"))?;
         Ok(Gateway {
             inner: Arc::new(Inner {
                 router,
@@ -137,12 +130,6 @@ impl Gateway {
                 max_uri_bytes: config.limits.max_uri_bytes,
             }),
         })
-    }
-
-    /// The upstream of a region, by name (write path and tests).
-    pub fn upstream(&self, region: &str) -> Option<&Upstream> {
-        let index = self.region_index(region)?;
-        self.inner.upstreams.get(index).map(AsRef::as_ref)
     }
 
     /// The index of a region in the region table.
@@ -176,7 +163,7 @@ impl Gateway {
             region: None,
             status: 0,
             upstream_status: None,
-            cache: None,
+            cache: CacheResult::None,
             bytes: 0,
             start,
             complete: false,
@@ -192,12 +179,11 @@ impl Gateway {
                 } else {
                     tracing::debug!(host = %log.host, path = %log.path, error = %detail, "request refused");
                 }
-                error_response(&error)
+                respond::error_response(&error)
             }
         };
         self.inner.cors.apply(has_origin, response.headers_mut());
         log.status = response.status().as_u16();
-        log.cache = response.headers().get(CACHE_STATUS).cloned();
         response.map(|body| body.with_log(log))
     }
 
@@ -234,21 +220,21 @@ impl Gateway {
                 .serve(upstream, &object, method, request.headers())
                 .await?
             {
-                Served::Response(response) => return Ok(response),
-                Served::Bypass(status) => bypassed = Some(status),
+                Served::Response(response, result) => {
+                    log.cache = result;
+                    return Ok(response);
+                }
+                Served::Bypass(reason) => {
+                    log.cache = CacheResult::Bypass;
+                    bypassed = Some(reason.header());
+                }
             }
         }
-        let conditional = Conditional::from_request(request.headers());
+        let forward = Forward::from_request(request.headers());
         // Only a translated If-Range can need a second request: the whole object, unconditional.
-        let whole_object = conditional.if_range_translated.then(|| {
-            let mut forward = conditional.forward.clone();
-            forward.remove(RANGE);
-            forward.remove(IF_MATCH);
-            forward.remove(IF_UNMODIFIED_SINCE);
-            forward
-        });
+        let whole_object = forward.whole_object();
         let mut response = upstream
-            .fetch(method.clone(), &object.key, conditional.forward)
+            .fetch(method.clone(), &object.key, forward.headers)
             .await?;
         if response.status() == StatusCode::PRECONDITION_FAILED
             && let Some(forward) = whole_object
@@ -275,39 +261,6 @@ impl Gateway {
     }
 }
 
-impl Conditional {
-    /// Picks the forwardable headers and rewrites `If-Range` into a precondition the backend
-    /// evaluates reliably: a strong ETag becomes `If-Match`, a date `If-Unmodified-Since`.
-    fn from_request(client: &HeaderMap) -> Self {
-        let mut forward = upstream::forwardable_headers(client);
-        let mut if_range_translated = false;
-        if let Some(if_range) = forward.remove(IF_RANGE)
-            && forward.contains_key(RANGE)
-        {
-            let bytes = if_range.as_bytes();
-            let has_precondition =
-                forward.contains_key(IF_MATCH) || forward.contains_key(IF_UNMODIFIED_SINCE);
-            if bytes.starts_with(b"W/") || has_precondition {
-                // A weak validator never matches If-Range; and next to the client's own
-                // precondition it cannot be translated. Ignoring Range is always correct.
-                forward.remove(RANGE);
-            } else {
-                let name = if bytes.starts_with(b"\"") {
-                    IF_MATCH
-                } else {
-                    IF_UNMODIFIED_SINCE
-                };
-                forward.insert(name, if_range);
-                if_range_translated = true;
-            }
-        }
-        Conditional {
-            forward,
-            if_range_translated,
-        }
-    }
-}
-
 /// Maps the backend's answer to the client's: statuses players rely on pass through with
 /// the file's headers; everything else becomes our own short error.
 async fn relay(
@@ -318,15 +271,10 @@ async fn relay(
     let status = response.status();
     match status {
         StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED => {}
-        StatusCode::PRECONDITION_FAILED => {
-            return Ok(short_response(status, "precondition failed\n"));
-        }
+        StatusCode::PRECONDITION_FAILED => return Ok(respond::precondition_failed()),
         StatusCode::RANGE_NOT_SATISFIABLE => {
-            let mut reply = short_response(status, "range not satisfiable\n");
-            if let Some(range) = response.headers().get(CONTENT_RANGE) {
-                reply.headers_mut().insert(CONTENT_RANGE, range.clone());
-            }
-            return Ok(reply);
+            let range = response.headers().get(CONTENT_RANGE).cloned();
+            return Ok(respond::range_not_satisfiable(range));
         }
         StatusCode::NOT_FOUND => {
             return match upstream::upstream_status_error(response).await {
@@ -349,16 +297,10 @@ async fn relay(
             headers.insert(name, value.clone());
         }
     }
-    let content_type = match parts.headers.get(CONTENT_TYPE) {
-        Some(v)
-            if v.as_bytes() != b"application/octet-stream"
-                && v.as_bytes() != b"binary/octet-stream" =>
-        {
-            v.clone()
-        }
-        _ => HeaderValue::from_static(object.kind.content_type()),
-    };
-    headers.insert(CONTENT_TYPE, content_type);
+    headers.insert(
+        CONTENT_TYPE,
+        object.kind.content_type_for(parts.headers.get(CONTENT_TYPE)),
+    );
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let body = if method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
         ResponseBody::empty()
@@ -371,36 +313,10 @@ async fn relay(
     Ok(reply)
 }
 
-/// A Content-Type that says nothing (the file kind decides instead).
-pub fn is_generic_type(value: &HeaderValue) -> bool {
-    matches!(
-        value.as_bytes(),
-        b"application/octet-stream" | b"binary/octet-stream" | b""
-    )
-}
-
 /// The Host the client addressed: the URI authority (HTTP/2, absolute-form) or `Host`.
 fn request_host<B>(request: &Request<B>) -> Option<&str> {
     request
         .uri()
         .host()
         .or_else(|| request.headers().get(HOST)?.to_str().ok())
-}
-
-/// The client's view of an error: status and a fixed short text.
-fn error_response(error: &GatewayError) -> Response<ResponseBody> {
-    let mut response = short_response(error.status(), error.public_message());
-    match error {
-        GatewayError::MethodNotAllowed => {
-            response.headers_mut().insert(ALLOW, ALLOWED_METHODS);
-        }
-        // The circuit's first cool-down is short; a player may try again soon.
-        GatewayError::RegionUnavailable => {
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("2"));
-        }
-        _ => {}
-    }
-    response
 }

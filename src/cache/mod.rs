@@ -1,17 +1,21 @@
 //! The CDN-style edge cache: metadata with freshness windows, aligned body chunks, collapsed
 //! streaming fetches, conditionals and ranges answered from memory.
 //!
-//! - [`store`] is the byte-bounded moka store of metadata and chunks.
-//! - [`fill`] runs collapsed upstream fetches (probes for metadata, runs of chunks).
-//! - [`metrics`] holds the counters.
+//! - [`store`]: the byte-bounded moka store of metadata and chunks.
+//! - [`probe`]: one collapsed request for an object's metadata (or its revalidation).
+//! - [`run`]: one collapsed request for a run of missing chunks.
+//! - [`cell`]: a chunk being fetched, followed by its readers; the registry of fetches.
+//! - [`metrics`]: the counters, and their Prometheus collector.
 //!
 //! A request: metadata (fresh, stale-while-revalidate, revalidated, or probed) → client
 //! preconditions and Range against it → a body assembled from the chunks it covers, stored or
 //! followed while they arrive.
 
-pub mod fill;
+mod cell;
 pub mod metrics;
-pub mod store;
+mod probe;
+mod run;
+mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,14 +28,18 @@ use http::header::{
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use tokio::sync::mpsc;
 
-use crate::body::{ResponseBody, short_response};
+use crate::body::{CacheResult, ResponseBody, StreamCut};
+use crate::conditional::{self, Precondition, Validators};
 use crate::config::CacheConfig;
 use crate::error::GatewayError;
-use crate::range::{self, Precondition, Span, Validators};
+use crate::range::{self, Span};
+use crate::respond;
 use crate::route::{FileKind, ObjectRef};
 use crate::upstream::Upstream;
-use fill::{ChunkSource, FillFailed, Inflight};
+use cell::Fetches;
 use metrics::CacheMetrics;
+pub use metrics::{CacheCollector, CacheStats};
+use run::ChunkSource;
 use store::{ChunkKey, MetaState, ObjectKey, ObjectMeta, Store, StoredMeta};
 
 /// The standard `Cache-Status` header (RFC 9211).
@@ -48,14 +56,24 @@ pub struct Cache {
 
 /// Shared state of the cache and its fetch tasks.
 #[derive(Debug)]
-pub struct CacheInner {
+struct CacheInner {
+    /// Metadata and chunks, bounded in bytes.
     store: Store,
-    inflight: Inflight,
+    /// Fetches in flight, joined by concurrent misses.
+    fetches: Fetches,
+    /// The counters.
     metrics: Arc<CacheMetrics>,
+    /// The settings it was built with.
     config: CacheConfig,
+    /// Bytes per chunk.
     chunk_size: u64,
+    /// Chunks one upstream request fetches at most: the read-ahead bound (`cache.read_ahead`).
+    run_chunks: u64,
+    /// Larger objects are relayed, not stored.
     max_object_size: u64,
+    /// `Cache-Control` of cached answers.
     cache_control: HeaderValue,
+    /// `Cache-Control` of cached 404s.
     negative_cache_control: HeaderValue,
 }
 
@@ -75,6 +93,16 @@ enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome as the log and the metrics count it.
+    fn result(self) -> CacheResult {
+        match self {
+            Outcome::Hit(_) => CacheResult::Hit,
+            Outcome::StaleWhileRevalidate(_) | Outcome::StaleIfError(_) => CacheResult::Stale,
+            Outcome::Revalidated => CacheResult::Revalidated,
+            Outcome::Miss => CacheResult::Miss,
+        }
+    }
+
     fn header(self) -> HeaderValue {
         let text = match self {
             Outcome::Hit(ttl) => format!("s3edge; hit; ttl={ttl}"),
@@ -90,45 +118,30 @@ impl Outcome {
 }
 
 /// The cache's answer.
-pub enum Served {
-    /// A response built from the cache.
-    Response(Response<ResponseBody>),
-    /// Not for the cache (too large, or a HEAD miss): relay it; the value is the
-    /// `Cache-Status` to send.
-    Bypass(HeaderValue),
+pub(crate) enum Served {
+    /// A response built from the cache; the outcome is also in its `Cache-Status`.
+    Response(Response<ResponseBody>, CacheResult),
+    /// Not for the cache: relay it and send this `Cache-Status`.
+    Bypass(Bypass),
 }
 
-/// A snapshot of the cache's counters and size.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CacheStats {
-    /// Fresh hits.
-    pub hits: u64,
-    /// Misses (metadata fetched).
-    pub misses: u64,
-    /// Stale serves.
-    pub stale: u64,
-    /// Revalidations sent.
-    pub revalidations: u64,
-    /// Revalidations answered 304.
-    pub revalidated_unchanged: u64,
-    /// Requests that joined another's fetch.
-    pub collapsed: u64,
-    /// Upstream requests sent by the cache.
-    pub upstream_fetches: u64,
-    /// Chunks stored.
-    pub chunks_stored: u64,
-    /// Evictions.
-    pub evictions: u64,
-    /// Negative-cache hits.
-    pub negative_hits: u64,
-    /// Too-large objects relayed.
-    pub bypassed: u64,
-    /// Failed chunk fetches.
-    pub fetch_failures: u64,
-    /// Weighted bytes held.
-    pub bytes: u64,
-    /// Entries held.
-    pub entries: u64,
+/// Why a request goes past the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bypass {
+    /// A HEAD for an object without metadata is not worth fetching chunks for.
+    HeadMiss,
+    /// Larger than `cache.max_object_size`.
+    TooLarge,
+}
+
+impl Bypass {
+    /// The `Cache-Status` of a relayed answer.
+    pub(crate) fn header(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Bypass::HeadMiss => "s3edge; fwd=method; detail=head-miss",
+            Bypass::TooLarge => "s3edge; fwd=bypass; detail=too-large",
+        })
+    }
 }
 
 impl Cache {
@@ -138,12 +151,14 @@ impl Cache {
         let header = |text: &str| {
             HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("no-store"))
         };
+        let chunk_size = config.chunk_size.max(1);
         Cache {
             inner: Arc::new(CacheInner {
                 store: Store::new(config.capacity, metrics.clone()),
-                inflight: Inflight::default(),
+                fetches: Fetches::default(),
                 metrics,
-                chunk_size: config.chunk_size.max(1),
+                chunk_size,
+                run_chunks: (config.read_ahead / chunk_size).max(1),
                 max_object_size: config.max_object_size,
                 cache_control: header(&config.cache_control),
                 negative_cache_control: header(&format!(
@@ -156,7 +171,7 @@ impl Cache {
     }
 
     /// Answers a GET or HEAD for `object` from the cache, fetching what is missing.
-    pub async fn serve(
+    pub(crate) async fn serve(
         &self,
         upstream: &Arc<Upstream>,
         object: &ObjectRef,
@@ -170,58 +185,42 @@ impl Cache {
         if method == Method::HEAD && !self.inner.store.has_meta(&key) {
             // A HEAD miss is not worth fetching chunks for: ask the backend directly.
             self.inner.metrics.misses.inc();
-            return Ok(Served::Bypass(HeaderValue::from_static(
-                "s3edge; fwd=method; detail=head-miss",
-            )));
+            return Ok(Served::Bypass(Bypass::HeadMiss));
         }
         let (meta, outcome) = self.lookup(upstream, &key, object.kind, headers).await?;
         let age = meta.validated_at.elapsed().as_secs();
         let found = match &meta.state {
             MetaState::Missing => {
-                let mut response = short_response(StatusCode::NOT_FOUND, "not found\n");
+                let mut response = respond::error_response(&GatewayError::NotFound);
                 let h = response.headers_mut();
                 h.insert(CACHE_CONTROL, self.inner.negative_cache_control.clone());
                 h.insert(AGE, HeaderValue::from(age));
                 h.insert(CACHE_STATUS, outcome.header());
-                return Ok(Served::Response(response));
+                return Ok(Served::Response(response, outcome.result()));
             }
             MetaState::Found(found) => found,
         };
         if found.length > self.inner.max_object_size {
             self.inner.metrics.bypassed.inc();
-            return Ok(Served::Bypass(HeaderValue::from_static(
-                "s3edge; fwd=bypass; detail=too-large",
-            )));
+            return Ok(Served::Bypass(Bypass::TooLarge));
         }
         let validators = Validators {
             etag: &found.etag,
             last_modified: found.last_modified_time,
         };
-        let mut response = match range::evaluate(headers, validators) {
-            Precondition::NotModified => {
-                let mut response = Response::new(ResponseBody::empty());
-                *response.status_mut() = StatusCode::NOT_MODIFIED;
-                response
-            }
-            Precondition::Failed => {
-                short_response(StatusCode::PRECONDITION_FAILED, "precondition failed\n")
-            }
+        let mut response = match conditional::evaluate(headers, validators) {
+            Precondition::NotModified => respond::not_modified(),
+            Precondition::Failed => respond::precondition_failed(),
             Precondition::Proceed => {
                 let whole = Span {
                     start: 0,
                     end: found.length,
                 };
-                match range::effective_range(headers, validators).map(|r| r.resolve(found.length)) {
+                match conditional::effective_range(headers, validators)
+                    .map(|r| r.resolve(found.length))
+                {
                     Some(Err(range::Unsatisfiable)) => {
-                        let mut response = short_response(
-                            StatusCode::RANGE_NOT_SATISFIABLE,
-                            "range not satisfiable\n",
-                        );
-                        let value = format!("bytes */{}", found.length);
-                        if let Ok(value) = HeaderValue::from_str(&value) {
-                            response.headers_mut().insert(CONTENT_RANGE, value);
-                        }
-                        response
+                        respond::range_not_satisfiable(respond::unsatisfied_range(found.length))
                     }
                     Some(Ok(span)) => {
                         self.file_response(upstream, &key, found, method, span, true)
@@ -242,7 +241,7 @@ impl Cache {
         h.insert(CACHE_CONTROL, self.inner.cache_control.clone());
         h.insert(AGE, HeaderValue::from(age));
         h.insert(CACHE_STATUS, outcome.header());
-        Ok(Served::Response(response))
+        Ok(Served::Response(response, outcome.result()))
     }
 
     /// Fresh metadata, stale within its windows, or from the backend (a probe starts at the
@@ -260,7 +259,7 @@ impl Cache {
         let start = || first_wanted_chunk(headers, inner.chunk_size);
         let Some(meta) = inner.store.meta(key).await else {
             inner.metrics.misses.inc();
-            let probed = inner.probe(upstream, key, kind, None, start(), true).await;
+            let probed = probe::probe(inner, upstream, key, kind, None, start(), true).await;
             return probed
                 .map(|p| (p.meta, Outcome::Miss))
                 .map_err(GatewayError::Shared);
@@ -287,9 +286,9 @@ impl Cache {
                 let cache = inner.clone();
                 let (upstream, key, validator) = (upstream.clone(), key.clone(), meta.clone());
                 tokio::spawn(async move {
-                    if let Err(error) = cache
-                        .probe(&upstream, &key, kind, Some(validator), 0, false)
-                        .await
+                    if let Err(error) =
+                        probe::probe(&cache, &upstream, &key, kind, Some(validator), 0, false)
+                            .await
                     {
                         tracing::warn!(key = %key.key, error = %error.detail(), "background revalidation failed");
                     }
@@ -298,10 +297,7 @@ impl Cache {
             return Ok((meta, Outcome::StaleWhileRevalidate(left)));
         }
         let validator = found.then(|| meta.clone());
-        match inner
-            .probe(upstream, key, kind, validator, start(), false)
-            .await
-        {
+        match probe::probe(inner, upstream, key, kind, validator, start(), false).await {
             Ok(probed) if probed.unchanged => Ok((probed.meta, Outcome::Revalidated)),
             Ok(probed) => Ok((probed.meta, Outcome::Miss)),
             Err(error) if found && age < ttl + config.stale_if_error => {
@@ -335,8 +331,7 @@ impl Cache {
         h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         if partial {
             *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-            let value = format!("bytes {}-{}/{}", span.start, span.end - 1, found.length);
-            if let Ok(value) = HeaderValue::from_str(&value) {
+            if let Some(value) = respond::content_range(span.start, span.end - 1, found.length) {
                 response.headers_mut().insert(CONTENT_RANGE, value);
             }
         }
@@ -426,23 +421,14 @@ impl Cache {
 
     /// Counters and size now.
     pub fn stats(&self) -> CacheStats {
-        let m = &self.inner.metrics;
-        CacheStats {
-            hits: m.hits.get(),
-            misses: m.misses.get(),
-            stale: m.stale.get(),
-            revalidations: m.revalidations.get(),
-            revalidated_unchanged: m.revalidated_unchanged.get(),
-            collapsed: m.collapsed.get(),
-            upstream_fetches: m.upstream_fetches.get(),
-            chunks_stored: m.chunks_stored.get(),
-            evictions: m.evictions.get(),
-            negative_hits: m.negative_hits.get(),
-            bypassed: m.bypassed.get(),
-            fetch_failures: m.fetch_failures.get(),
-            bytes: self.inner.store.weighted_size(),
-            entries: self.inner.store.entry_count(),
-        }
+        self.inner
+            .metrics
+            .snapshot(self.inner.store.weighted_size(), self.inner.store.entry_count())
+    }
+
+    /// The Prometheus collector of this cache's counters, read at every scrape.
+    pub fn collector(&self) -> CacheCollector {
+        CacheCollector::new(self.clone())
     }
 
     /// Applies pending evictions and purges now.
@@ -469,7 +455,7 @@ struct Producer {
     key: ObjectKey,
     found: ObjectMeta,
     span: Span,
-    tx: mpsc::Sender<Result<Bytes, FillFailed>>,
+    tx: mpsc::Sender<Result<Bytes, StreamCut>>,
 }
 
 impl Producer {
@@ -480,10 +466,9 @@ impl Producer {
             let chunk_start = index * chunk;
             let lo = self.span.start.max(chunk_start) - chunk_start;
             let hi = self.span.end.min(chunk_start + chunk) - chunk_start;
-            let source = self
-                .inner
-                .chunk_source(&self.upstream, &self.key, &self.found, index)
-                .await;
+            let source =
+                run::chunk_source(&self.inner, &self.upstream, &self.key, &self.found, index)
+                    .await;
             let sent = match source {
                 ChunkSource::Stored(bytes) => match slice_chunk(&bytes, index, chunk, self.span) {
                     Some(part) => self.tx.send(Ok(part)).await.is_ok(),
@@ -517,7 +502,7 @@ impl Producer {
 
     /// Ends the response with an error so the client sees a cut, never a short "complete" body.
     async fn fail(&self) -> bool {
-        let _ = self.tx.send(Err(FillFailed)).await;
+        let _ = self.tx.send(Err(StreamCut)).await;
         false
     }
 }

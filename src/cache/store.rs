@@ -16,7 +16,7 @@ const ENTRY_OVERHEAD: u32 = 192;
 
 /// One object in one region.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ObjectKey {
+pub(super) struct ObjectKey {
     /// Region index.
     pub region: usize,
     /// Key without the region's prefix.
@@ -25,7 +25,7 @@ pub struct ObjectKey {
 
 /// One aligned chunk of one version (ETag) of an object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ChunkKey {
+pub(super) struct ChunkKey {
     /// The object.
     pub object: ObjectKey,
     /// The version the bytes belong to: bytes of two ETags never mix.
@@ -48,7 +48,7 @@ enum StoreValue {
 
 /// What the backend said about an object, and when.
 #[derive(Debug)]
-pub struct StoredMeta {
+pub(super) struct StoredMeta {
     /// Found (with validators) or missing (negative caching).
     pub state: MetaState,
     /// When the backend last confirmed it.
@@ -59,7 +59,7 @@ pub struct StoredMeta {
 
 impl StoredMeta {
     /// Metadata confirmed now.
-    pub fn new(state: MetaState) -> Arc<Self> {
+    pub(super) fn new(state: MetaState) -> Arc<Self> {
         Arc::new(StoredMeta {
             state,
             validated_at: Instant::now(),
@@ -68,14 +68,14 @@ impl StoredMeta {
     }
 
     /// Claims the one background revalidation; false if one is running.
-    pub fn claim_revalidation(&self) -> bool {
+    pub(super) fn claim_revalidation(&self) -> bool {
         !self.revalidating.swap(true, Ordering::AcqRel)
     }
 }
 
 /// Found or missing.
 #[derive(Debug, Clone)]
-pub enum MetaState {
+pub(super) enum MetaState {
     /// The object exists.
     Found(ObjectMeta),
     /// The backend answered 404.
@@ -84,7 +84,7 @@ pub enum MetaState {
 
 /// An object's representation metadata.
 #[derive(Debug, Clone)]
-pub struct ObjectMeta {
+pub(super) struct ObjectMeta {
     /// Strong ETag with its quotes.
     pub etag: Arc<str>,
     /// The same, ready to send.
@@ -101,13 +101,13 @@ pub struct ObjectMeta {
 
 /// The cache memory.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub(super) struct Store {
     cache: moka::future::Cache<StoreKey, StoreValue>,
 }
 
 impl Store {
     /// A store holding at most `capacity` weighted bytes.
-    pub fn new(capacity: u64, metrics: Arc<CacheMetrics>) -> Store {
+    pub(super) fn new(capacity: u64, metrics: Arc<CacheMetrics>) -> Store {
         let cache = moka::future::Cache::builder()
             .max_capacity(capacity)
             .weigher(|key: &StoreKey, value: &StoreValue| -> u32 {
@@ -133,7 +133,7 @@ impl Store {
     }
 
     /// Stored metadata of an object.
-    pub async fn meta(&self, key: &ObjectKey) -> Option<Arc<StoredMeta>> {
+    pub(super) async fn meta(&self, key: &ObjectKey) -> Option<Arc<StoredMeta>> {
         match self.cache.get(&StoreKey::Meta(key.clone())).await {
             Some(StoreValue::Meta(meta)) => Some(meta),
             _ => None,
@@ -141,24 +141,24 @@ impl Store {
     }
 
     /// Whether metadata is stored (synchronous: usable under a lock).
-    pub fn has_meta(&self, key: &ObjectKey) -> bool {
+    pub(super) fn has_meta(&self, key: &ObjectKey) -> bool {
         self.cache.contains_key(&StoreKey::Meta(key.clone()))
     }
 
     /// Stores metadata.
-    pub async fn put_meta(&self, key: ObjectKey, meta: Arc<StoredMeta>) {
+    pub(super) async fn put_meta(&self, key: ObjectKey, meta: Arc<StoredMeta>) {
         self.cache
             .insert(StoreKey::Meta(key), StoreValue::Meta(meta))
             .await;
     }
 
     /// Drops an object's metadata (it changed, or was purged).
-    pub async fn forget_meta(&self, key: &ObjectKey) {
+    pub(super) async fn forget_meta(&self, key: &ObjectKey) {
         self.cache.invalidate(&StoreKey::Meta(key.clone())).await;
     }
 
     /// A stored chunk.
-    pub async fn chunk(&self, key: &ChunkKey) -> Option<Bytes> {
+    pub(super) async fn chunk(&self, key: &ChunkKey) -> Option<Bytes> {
         match self.cache.get(&StoreKey::Chunk(key.clone())).await {
             Some(StoreValue::Chunk(bytes)) => Some(bytes),
             _ => None,
@@ -166,19 +166,19 @@ impl Store {
     }
 
     /// Whether a chunk is stored (synchronous: usable under a lock).
-    pub fn has_chunk(&self, key: &ChunkKey) -> bool {
+    pub(super) fn has_chunk(&self, key: &ChunkKey) -> bool {
         self.cache.contains_key(&StoreKey::Chunk(key.clone()))
     }
 
     /// Stores a chunk.
-    pub async fn put_chunk(&self, key: ChunkKey, bytes: Bytes) {
+    pub(super) async fn put_chunk(&self, key: ChunkKey, bytes: Bytes) {
         self.cache
             .insert(StoreKey::Chunk(key), StoreValue::Chunk(bytes))
             .await;
     }
 
     /// Drops every entry of objects in `region` whose key satisfies `matches`.
-    pub fn purge(
+    pub(super) fn purge(
         &self,
         region: usize,
         matches: impl Fn(&str) -> bool + Send + Sync + 'static,
@@ -195,22 +195,22 @@ impl Store {
     }
 
     /// Drops every entry.
-    pub fn clear(&self) {
+    pub(super) fn clear(&self) {
         self.cache.invalidate_all();
     }
 
     /// Weighted bytes held.
-    pub fn weighted_size(&self) -> u64 {
+    pub(super) fn weighted_size(&self) -> u64 {
         self.cache.weighted_size()
     }
 
     /// Entries held.
-    pub fn entry_count(&self) -> u64 {
+    pub(super) fn entry_count(&self) -> u64 {
         self.cache.entry_count()
     }
 
     /// Applies pending evictions and invalidations now (tests, metrics).
-    pub async fn sync(&self) {
+    pub(super) async fn sync(&self) {
         self.cache.run_pending_tasks().await;
     }
 }

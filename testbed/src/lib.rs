@@ -1,19 +1,23 @@
-//! `s3edge demo` and the integration tests' testbed: four SigV4-verifying S3 backends on
-//! loopback, one per region, holding a sample recording written with the storage policy.
+//! The testbed: real, SigV4-verifying S3 backends on loopback (one per region), a sample
+//! recording written with the storage policy, and the demo built on them. Used by the
+//! integration tests, the benchmarks and `s3edge-testbed demo`; never part of the deployable
+//! gateway.
 
 pub mod backend;
+pub mod client;
+pub mod demo;
 
 use std::path::Path;
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
 
-use crate::config::{Addressing, Provider, RegionConfig, StaticCredentials};
-use crate::error::GatewayError;
-use crate::policy;
-use crate::route::FileKind;
-use crate::service::Gateway;
+use s3edge::config::{Addressing, Config, Provider, RegionConfig, StaticCredentials};
+use s3edge::policy;
+use s3edge::route::FileKind;
+
 use backend::{BackendOptions, S3Backend};
+pub use client::{S3Client, WriteError};
 
 /// The account hash of the sample recording.
 pub const SAMPLE_ACCOUNT: &str = "3f9c2a7be41d4c0e8a5b6d7e9f0a1b2c";
@@ -136,20 +140,26 @@ impl Backends {
     }
 }
 
+/// A signed writer for a region's bucket, with the region's own credentials.
+pub fn writer(region: &RegionConfig) -> S3Client {
+    S3Client::new(
+        region.endpoint.to_string().trim_end_matches('/'),
+        &region.bucket,
+        &region.signing_region,
+        &region.credentials.access_key_id,
+        &region.credentials.secret_access_key,
+    )
+}
+
 /// Creates each region's bucket (when missing) and writes the sample recording's four files
-/// through the gateway's signed write path, with the storage policy.
-pub async fn upload_sample(
-    gateway: &Gateway,
-    regions: &[RegionConfig],
-) -> Result<(), GatewayError> {
+/// with the storage policy.
+pub async fn upload_sample(regions: &[RegionConfig]) -> Result<(), WriteError> {
     for region in regions {
-        let upstream = gateway
-            .upstream(&region.name)
-            .ok_or(GatewayError::Internal("region missing from gateway"))?;
-        upstream.ensure_bucket().await?;
+        let writer = writer(region);
+        writer.ensure_bucket().await?;
         for kind in FileKind::ALL {
             let key = format!("{SAMPLE_ACCOUNT}/{SAMPLE_NAME}{}", kind.suffix());
-            upstream
+            writer
                 .put_object(
                     &key,
                     sample_file(kind),
@@ -180,13 +190,13 @@ pub struct Seed {
     pub size: u64,
 }
 
-/// Writes `seed.count` objects through the signed write path, once: a marker file in
-/// `root` says a previous start already did.
+/// Writes `seed.count` objects, once: a marker file in `root` says a previous start already
+/// did.
 pub async fn seed_objects(
-    backend: &backend::S3Backend,
-    root: &std::path::Path,
+    backend: &S3Backend,
+    root: &Path,
     seed: &Seed,
-) -> Result<(), GatewayError> {
+) -> Result<(), WriteError> {
     let marker = root.join(format!(
         ".seeded-{}-{}-{}",
         seed.bucket, seed.count, seed.size
@@ -194,37 +204,19 @@ pub async fn seed_objects(
     if seed.count == 0 || tokio::fs::try_exists(&marker).await.unwrap_or(false) {
         return Ok(());
     }
-    let region = RegionConfig {
-        name: "seed".into(),
-        hosts: vec!["seed.invalid".into()],
-        endpoint: backend
-            .endpoint()
-            .parse()
-            .map_err(|_| GatewayError::Internal("backend endpoint"))?,
-        bucket: seed.bucket.clone(),
-        signing_region: seed.signing_region.clone(),
-        addressing: Addressing::Path,
-        key_prefix: String::new(),
-        provider: Provider::Aws,
-        connect_to: None,
-        credentials: StaticCredentials {
-            access_key_id: seed.access_key.clone(),
-            secret_access_key: seed.secret_key.clone(),
-            session_token: None,
-        },
-        credential_source: Default::default(),
-        timeouts: None,
-    };
-    let config = crate::config::Config::for_regions(
-        vec![region],
-        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+    let writer = S3Client::new(
+        &backend.endpoint(),
+        &seed.bucket,
+        &seed.signing_region,
+        &seed.access_key,
+        &seed.secret_key,
     );
-    let gateway = Gateway::new(&config)?;
-    let upstream = gateway
-        .upstream("seed")
-        .ok_or(GatewayError::Internal("seed region"))?;
-    upstream.ensure_bucket().await?;
-    let size = usize::try_from(seed.size).map_err(|_| GatewayError::Internal("object size"))?;
+    writer.ensure_bucket().await?;
+    let failed = |reason: String| WriteError {
+        what: "seed".into(),
+        reason,
+    };
+    let size = usize::try_from(seed.size).map_err(|e| failed(e.to_string()))?;
     for i in 0..seed.count {
         // Distinct bytes per object, so a mixed-up cache entry shows.
         let body: Bytes = (0..size)
@@ -232,7 +224,7 @@ pub async fn seed_objects(
             .collect::<Vec<u8>>()
             .into();
         let key = format!("{}/rec-{i}.mp4", seed.account);
-        upstream
+        writer
             .put_object(
                 &key,
                 body,
@@ -242,13 +234,13 @@ pub async fn seed_objects(
     }
     tokio::fs::write(&marker, b"")
         .await
-        .map_err(|_| GatewayError::Internal("seed marker"))?;
+        .map_err(|e| failed(format!("marker: {e}")))?;
     Ok(())
 }
 
 /// Renders the regions and plain listeners of a config as a TOML file for `s3edge serve`,
 /// credentials inline: how tests and benchmarks run the binary against demo backends.
-pub fn render_toml(config: &crate::config::Config) -> String {
+pub fn render_toml(config: &Config) -> String {
     use std::fmt::Write as _;
     let quoted = |items: &mut dyn Iterator<Item = String>| {
         items
@@ -337,7 +329,7 @@ pub fn render_toml(config: &crate::config::Config) -> String {
 
 /// The `credentials` inline table of a region.
 fn render_credentials(r: &RegionConfig) -> String {
-    use crate::config::CredentialSource;
+    use s3edge::config::CredentialSource;
     let source = |name: &str, profile: &Option<String>| match profile {
         Some(p) => format!("{{ source = {name:?}, profile = {p:?} }}"),
         None => format!("{{ source = {name:?} }}"),
@@ -370,7 +362,6 @@ fn random_suffix() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     #[test]
     fn rendered_toml_parses_back() {

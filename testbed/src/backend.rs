@@ -22,7 +22,7 @@ use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Provider;
+use s3edge::config::Provider;
 
 /// How a backend is started.
 #[derive(Debug, Clone)]

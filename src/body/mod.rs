@@ -1,18 +1,28 @@
-//! One response body type: an upstream stream passed through frame by frame, a small fixed
-//! body, or nothing. It counts the bytes it hands out and writes the access log line when the
-//! response ends (completed, failed or dropped by the client).
+//! One response body type: an upstream stream passed through frame by frame, cached pieces,
+//! a producer's stream, a small fixed body, or nothing. It counts the bytes it hands out and
+//! writes the access log line when the response ends (completed, failed or dropped).
+//!
+//! - [`upstream`]: the backend's body under an idle limit ([`UpstreamBody`]).
+//! - [`log`]: the access log record and the cache's outcome as the log and metrics see it.
+
+pub mod log;
+pub mod upstream;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
-use crate::cache::fill::FillFailed;
-use crate::metrics::{Metrics, RequestLabels};
-use crate::upstream::UpstreamBody;
+pub use log::{AccessLog, CacheResult};
+pub use upstream::{InFlightGuard, UpstreamBody, UpstreamBodyError};
+
+/// The producer of a streamed body failed before its end: the response is cut, never
+/// completed short.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the body's producer failed before its end")]
+pub struct StreamCut;
 
 /// The body of every response the gateway sends.
 #[derive(Debug)]
@@ -26,7 +36,7 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Parts(std::collections::VecDeque<Bytes>),
-    Channel(Option<Bytes>, mpsc::Receiver<Result<Bytes, FillFailed>>),
+    Channel(Option<Bytes>, mpsc::Receiver<Result<Bytes, StreamCut>>),
     Upstream(UpstreamBody),
 }
 
@@ -60,7 +70,7 @@ impl ResponseBody {
 
     /// `first`, then pieces produced by a task; an `Err` cuts the response (never a short
     /// "complete" body).
-    pub fn channel(first: Option<Bytes>, rx: mpsc::Receiver<Result<Bytes, FillFailed>>) -> Self {
+    pub fn channel(first: Option<Bytes>, rx: mpsc::Receiver<Result<Bytes, StreamCut>>) -> Self {
         ResponseBody {
             kind: Kind::Channel(first, rx),
             log: None,
@@ -149,103 +159,5 @@ impl Kind {
             Kind::Channel(..) => false,
             Kind::Upstream(body) => body.is_end_stream(),
         }
-    }
-}
-
-/// A response of our own: a status and a fixed short text, never backend detail.
-pub fn short_response(
-    status: http::StatusCode,
-    message: &'static str,
-) -> http::Response<ResponseBody> {
-    let mut response = http::Response::new(ResponseBody::full(message));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-/// One access log line, filled in along the request and written on drop.
-#[derive(Debug)]
-pub struct AccessLog {
-    /// Request method.
-    pub method: http::Method,
-    /// Host as the client sent it.
-    pub host: String,
-    /// Path without the query string.
-    pub path: String,
-    /// Region name, when the route resolved.
-    pub region: Option<std::sync::Arc<str>>,
-    /// Status sent to the client.
-    pub status: u16,
-    /// Status the backend answered, when it was asked directly.
-    pub upstream_status: Option<u16>,
-    /// The response's `Cache-Status`, when the cache answered.
-    pub cache: Option<http::HeaderValue>,
-    /// Body bytes handed to the client.
-    pub bytes: u64,
-    /// When the request arrived.
-    pub start: Instant,
-    /// The body ended normally.
-    pub complete: bool,
-    /// Why the body stream failed, if it did.
-    pub failure: Option<String>,
-    /// Where the request is counted.
-    pub metrics: Metrics,
-}
-
-/// The metrics label of a `Cache-Status` value.
-fn cache_label(status: Option<&http::HeaderValue>) -> &'static str {
-    let Some(value) = status.map(http::HeaderValue::as_bytes) else {
-        return "none";
-    };
-    let has = |needle: &[u8]| value.windows(needle.len()).any(|w| w == needle);
-    if has(b"detail=stale") {
-        "stale"
-    } else if has(b"; hit") {
-        "hit"
-    } else if has(b"fwd=stale") {
-        "revalidated"
-    } else if has(b"fwd=miss") {
-        "miss"
-    } else {
-        "bypass"
-    }
-}
-
-impl Drop for AccessLog {
-    fn drop(&mut self) {
-        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        let labels = RequestLabels {
-            region: self
-                .region
-                .clone()
-                .unwrap_or_else(|| std::sync::Arc::from("-")),
-            // No status yet: the client went away before the response head (nginx's 499).
-            status: if self.status == 0 { 499 } else { self.status },
-            cache: cache_label(self.cache.as_ref()),
-        };
-        self.metrics
-            .request(&labels, self.bytes, self.failure.is_some());
-        let outcome = match (&self.failure, self.complete) {
-            (Some(_), _) => "failed",
-            (None, true) => "complete",
-            (None, false) => "aborted",
-        };
-        tracing::info!(
-            target: "s3edge::access",
-            method = %self.method,
-            host = %self.host,
-            path = %self.path,
-            region = self.region.as_deref().unwrap_or("-"),
-            status = self.status,
-            upstream_status = self.upstream_status,
-            cache = self.cache.as_ref().and_then(|v| v.to_str().ok()),
-            bytes = self.bytes,
-            duration_ms = format_args!("{duration_ms:.3}"),
-            outcome,
-            failure = self.failure.as_deref(),
-        );
     }
 }

@@ -36,15 +36,15 @@ pub struct UpstreamBody {
     /// Armed only while waiting, so a fast transfer never touches the timer.
     timer: Option<Pin<Box<Sleep>>>,
     metrics: Arc<RegionMetrics>,
-    _in_flight: InFlight,
+    _in_flight: InFlightGuard,
 }
 
 impl UpstreamBody {
-    pub(super) fn new(
+    pub(crate) fn new(
         body: Incoming,
         idle: Duration,
         metrics: Arc<RegionMetrics>,
-        in_flight: InFlight,
+        in_flight: InFlightGuard,
     ) -> Self {
         UpstreamBody {
             body,
@@ -102,17 +102,17 @@ impl Body for UpstreamBody {
 
 /// Counts an upstream request in flight until dropped.
 #[derive(Debug)]
-pub struct InFlight(Gauge);
+pub struct InFlightGuard(Gauge);
 
-impl InFlight {
+impl InFlightGuard {
     /// Starts counting.
     pub fn new(gauge: &Gauge) -> Self {
         gauge.inc();
-        InFlight(gauge.clone())
+        InFlightGuard(gauge.clone())
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.dec();
     }

@@ -1,0 +1,204 @@
+//! Runs of missing chunks fetched by one upstream Range request with `If-Match` (bytes of
+//! two versions never mix), split into chunks as they arrive and stored when complete.
+
+use std::sync::Arc;
+
+use http::header::{IF_MATCH, RANGE};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::BodyExt;
+
+use super::CacheInner;
+use super::cell::{ChunkReader, Run, claim_run, lock};
+use super::store::{ChunkKey, ObjectKey, ObjectMeta};
+use crate::body::UpstreamBody;
+use crate::upstream::{self, Upstream};
+
+/// Where a chunk's bytes come from.
+pub(super) enum ChunkSource {
+    /// Stored.
+    Stored(bytes::Bytes),
+    /// Being fetched.
+    Filling(ChunkReader),
+}
+
+/// A chunk from the store, from the fetch in flight, or from a new fetch of the run of
+/// missing chunks starting here.
+pub(super) async fn chunk_source(
+    cache: &Arc<CacheInner>,
+    upstream: &Arc<Upstream>,
+    object: &ObjectKey,
+    meta: &ObjectMeta,
+    index: u64,
+) -> ChunkSource {
+    let key = ChunkKey {
+        object: object.clone(),
+        etag: meta.etag.clone(),
+        index,
+    };
+    loop {
+        if let Some(bytes) = cache.store.chunk(&key).await {
+            return ChunkSource::Stored(bytes);
+        }
+        let run = {
+            let mut chunks = lock(&cache.fetches.chunks);
+            if let Some(cell) = chunks.get(&key) {
+                cache.metrics.collapsed.inc();
+                return ChunkSource::Filling(cell.reader());
+            }
+            // Stored between our lookup and the lock: read it from the store.
+            if cache.store.has_chunk(&key) {
+                continue;
+            }
+            let chunk_count = meta.length.div_ceil(cache.chunk_size).max(1);
+            let end = (index + cache.run_chunks).min(chunk_count);
+            claim_run(&mut chunks, &cache.store, key.clone(), end)
+        };
+        let reader = run.first().map(|(_, cell)| cell.reader());
+        let fill = Fill::new(cache.clone(), run, meta.length);
+        tokio::spawn(fill.run(upstream.clone(), meta.clone()));
+        if let Some(reader) = reader {
+            return ChunkSource::Filling(reader);
+        }
+    }
+}
+
+
+/// A run of consecutive chunks filled from one upstream response. Dropping it fails every
+/// chunk not yet complete, so no reader waits for a fetch that ended.
+pub(super) struct Fill {
+    inner: Arc<CacheInner>,
+    run: Run,
+    /// The object's length: the last chunk may be short.
+    length: u64,
+    /// Index into `run` of the chunk being filled.
+    current: usize,
+    /// Bytes of the current chunk received.
+    filled: u64,
+}
+
+impl Fill {
+    pub(super) fn new(inner: Arc<CacheInner>, run: Run, length: u64) -> Self {
+        Fill {
+            inner,
+            run,
+            length,
+            current: 0,
+            filled: 0,
+        }
+    }
+
+    /// Fetches the run's bytes with `If-Match`, so a changed object fails instead of mixing.
+    pub(super) async fn run(self, upstream: Arc<Upstream>, meta: ObjectMeta) {
+        let Some(((first_key, _), (last_key, _))) = self.run.first().zip(self.run.last()) else {
+            return;
+        };
+        let chunk = self.inner.chunk_size;
+        let start = first_key.index * chunk;
+        let end = ((last_key.index + 1) * chunk).min(meta.length);
+        let mut headers = HeaderMap::new();
+        headers.insert(RANGE, range_header(start, end.saturating_sub(1)));
+        headers.insert(IF_MATCH, meta.etag_header.clone());
+        self.inner.metrics.upstream_fetches.inc();
+        let object = first_key.object.clone();
+        match upstream.fetch(Method::GET, &object.key, headers).await {
+            Ok(response) if response.status() == StatusCode::PARTIAL_CONTENT => {
+                self.stream(response.into_body()).await;
+            }
+            Ok(response)
+                if matches!(
+                    response.status(),
+                    StatusCode::PRECONDITION_FAILED | StatusCode::NOT_FOUND
+                ) =>
+            {
+                tracing::info!(key = %object.key, status = %response.status(), "object changed or deleted while cached: metadata dropped");
+                self.inner.store.forget_meta(&object).await;
+            }
+            Ok(response) => {
+                let error = upstream::upstream_status_error(response).await;
+                tracing::warn!(key = %object.key, error = %error.detail(), "chunk fetch failed");
+            }
+            Err(error) if !error.is_server_fault() => {
+                tracing::debug!(key = %object.key, error = %error.detail(), "chunk fetch failed");
+            }
+            Err(error) => {
+                tracing::warn!(key = %object.key, error = %error.detail(), "chunk fetch failed");
+            }
+        }
+    }
+
+    /// Splits the body into the run's chunks; stores each complete chunk.
+    pub(super) async fn stream(mut self, mut body: UpstreamBody) {
+        while self.current < self.run.len() {
+            let frame = match body.frame().await {
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "upstream body failed mid-chunk");
+                    return;
+                }
+                None => {
+                    tracing::warn!("upstream body ended short of the chunk");
+                    return;
+                }
+            };
+            let Ok(mut data) = frame.into_data() else {
+                continue;
+            };
+            while !data.is_empty() && self.current < self.run.len() {
+                let expected = self.expected_len();
+                let want = usize::try_from(expected - self.filled).unwrap_or(usize::MAX);
+                let piece = data.split_to(want.min(data.len()));
+                self.filled += piece.len() as u64;
+                self.run[self.current].1.push(piece);
+                if self.filled == expected {
+                    self.complete().await;
+                }
+            }
+        }
+    }
+
+    /// Length of the chunk being filled.
+    fn expected_len(&self) -> u64 {
+        let chunk = self.inner.chunk_size;
+        let start = self.run[self.current].0.index * chunk;
+        (start + chunk).min(self.length) - start
+    }
+
+    /// Stores the current chunk and moves to the next.
+    async fn complete(&mut self) {
+        let (key, cell) = &self.run[self.current];
+        if let Some(bytes) = cell.finish()
+            && self.length <= self.inner.max_object_size
+        {
+            self.inner.store.put_chunk(key.clone(), bytes).await;
+            self.inner.metrics.chunks_stored.inc();
+        }
+        // Stored first, then unregistered: a reader finds it in one place or the other.
+        lock(&self.inner.fetches.chunks).remove(key);
+        self.current += 1;
+        self.filled = 0;
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        let unfinished = self.run.get(self.current..).unwrap_or_default();
+        if unfinished.is_empty() {
+            return;
+        }
+        self.inner.metrics.fetch_failures.inc();
+        let mut chunks = lock(&self.inner.fetches.chunks);
+        for (key, cell) in unfinished {
+            cell.fail();
+            chunks.remove(key);
+        }
+    }
+}
+
+pub(super) fn range_header(first: u64, last: u64) -> HeaderValue {
+    let mut value = String::with_capacity(32);
+    value.push_str("bytes=");
+    value.push_str(&first.to_string());
+    value.push('-');
+    value.push_str(&last.to_string());
+    HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("bytes=0-"))
+}
