@@ -8,11 +8,12 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
 use s3edge::cache::{Cache, Served};
+use s3edge::conditional::{self, Validators};
 use s3edge::config::Config;
-use s3edge::demo::{self, Backends};
-use s3edge::range::{self, Validators};
+use s3edge::range;
 use s3edge::route::Router;
 use s3edge::upstream::Upstream;
+use s3edge_testbed::{self as demo, Backends};
 
 fn routing(c: &mut Criterion) {
     let hosts: Vec<Vec<String>> = demo::REGIONS
@@ -71,8 +72,11 @@ fn ranges(c: &mut Criterion) {
     });
     c.bench_function("range/preconditions+if-range", |b| {
         b.iter(|| {
-            let p = range::evaluate(black_box(&headers), validators);
-            (p, range::effective_range(black_box(&headers), validators))
+            let p = conditional::evaluate(black_box(&headers), validators);
+            (
+                p,
+                conditional::effective_range(black_box(&headers), validators),
+            )
         })
     });
 }
@@ -87,10 +91,7 @@ fn cache_hit(c: &mut Criterion) {
     let (cache, upstream, object, _backends) = rt.block_on(async {
         let backends = Backends::start(dir.path()).await.unwrap();
         let config = Config::for_regions(backends.regions.clone(), "127.0.0.1:0".parse().unwrap());
-        let gateway = s3edge::service::Gateway::new(&config).unwrap();
-        demo::upload_sample(&gateway, &config.regions)
-            .await
-            .unwrap();
+        demo::upload_sample(&config.regions).await.unwrap();
         let upstream = Arc::new(
             Upstream::new(
                 &config.regions[0],
@@ -129,7 +130,7 @@ fn cache_hit(c: &mut Criterion) {
                     .await
                     .unwrap()
                 {
-                    Served::Response(r) => black_box(r),
+                    Served::Response(r, _) => black_box(r),
                     Served::Bypass(_) => unreachable!(),
                 }
             })

@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use s3edge::config::Config;
-use s3edge::demo::{self, Backends};
-use s3edge::service::Gateway;
+use s3edge_testbed::{self as demo, Backends};
 
 const SMALL: usize = 30 * 1024;
 const LARGE: usize = 50 * 1024 * 1024;
@@ -110,11 +109,8 @@ fn main() {
     let small_key = format!("{}/bench-small.jpg", demo::SAMPLE_ACCOUNT);
     let large_key = format!("{}/bench-large.mp4", demo::SAMPLE_ACCOUNT);
     runtime.block_on(async {
-        let gateway = Gateway::new(&config).unwrap();
-        demo::upload_sample(&gateway, &config.regions)
-            .await
-            .unwrap();
-        let upstream = gateway.upstream("eu1").unwrap();
+        demo::upload_sample(&config.regions).await.unwrap();
+        let upstream = demo::writer(&config.regions[0]);
         let small: Bytes = support::pattern(SMALL, 251);
         let large: Bytes = support::pattern(LARGE, 241);
         upstream

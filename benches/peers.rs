@@ -29,8 +29,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use s3edge::config::Config;
-use s3edge::demo::{self, Backends};
-use s3edge::service::Gateway;
+use s3edge_testbed::{self as demo, Backends};
 
 const SNAPSHOT: usize = 30 * 1024;
 const VIDEO: usize = 50 * 1024 * 1024;
@@ -434,12 +433,8 @@ async fn run(cores: usize) {
     let origin = backends.backends[0].addr;
     let mut config = Config::for_regions(backends.regions.clone(), "127.0.0.1:0".parse().unwrap());
     config.shutdown_grace = Duration::from_secs(1);
-    let gateway = {
-        let mut c = config.clone();
-        c.cache.enabled = false;
-        Gateway::new(&c).unwrap()
-    };
-    let upstream = gateway.upstream("eu1").unwrap();
+    let writer = demo::writer(&config.regions[0]);
+    let upstream = &writer;
     let account = demo::SAMPLE_ACCOUNT;
     let put = |key: String, body: Bytes| async move {
         upstream

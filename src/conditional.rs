@@ -177,8 +177,8 @@ fn etag_list_matches(list: &[u8], etag: &str, weak: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
     use crate::range::ByteRange;
+    use http::HeaderValue;
 
     type Pairs = &'static [(&'static str, &'static str)];
 

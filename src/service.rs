@@ -86,9 +86,9 @@ impl Gateway {
     /// Builds the per-region clients, the router and a new cache from a validated config.
     pub fn new(config: &Config) -> Result<Self, StartupError> {
         let cache = config.cache.enabled.then(|| Cache::new(&config.cache));
-        let collector = cache.as_ref().map(|c| {
-            Box::new(c.collector()) as Box<dyn prometheus_client::collector::Collector>
-        });
+        let collector = cache
+            .as_ref()
+            .map(|c| Box::new(c.collector()) as Box<dyn prometheus_client::collector::Collector>);
         let metrics = Metrics::new(collector);
         Gateway::build(config, cache, metrics)
     }
@@ -299,7 +299,9 @@ async fn relay(
     }
     headers.insert(
         CONTENT_TYPE,
-        object.kind.content_type_for(parts.headers.get(CONTENT_TYPE)),
+        object
+            .kind
+            .content_type_for(parts.headers.get(CONTENT_TYPE)),
     );
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let body = if method == Method::HEAD || status == StatusCode::NOT_MODIFIED {

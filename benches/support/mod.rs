@@ -11,7 +11,7 @@ use aws_sigv4::sign::v4;
 use s3edge::config::RegionConfig;
 
 /// A presigned GET URL (query-string SigV4, one hour) for `key` in a path-style region.
-pub fn presign(region: &RegionConfig, key: &str) -> String {
+pub(crate) fn presign(region: &RegionConfig, key: &str) -> String {
     let url = format!(
         "{}/{}/{}",
         region.endpoint.to_string().trim_end_matches('/'),
@@ -52,7 +52,7 @@ pub fn presign(region: &RegionConfig, key: &str) -> String {
 }
 
 /// `len` bytes of a repeating pattern (distinct per `modulus`), for test objects.
-pub fn pattern(len: usize, modulus: usize) -> bytes::Bytes {
+pub(crate) fn pattern(len: usize, modulus: usize) -> bytes::Bytes {
     (0..len)
         .map(|i| (i % modulus) as u8)
         .collect::<Vec<u8>>()

@@ -72,10 +72,7 @@ impl Drop for AccessLog {
     fn drop(&mut self) {
         let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
         let labels = RequestLabels {
-            region: self
-                .region
-                .clone()
-                .unwrap_or_else(|| Arc::from("-")),
+            region: self.region.clone().unwrap_or_else(|| Arc::from("-")),
             // No status yet: the client went away before the response head (nginx's 499).
             status: if self.status == 0 { 499 } else { self.status },
             cache: self.cache.label(),

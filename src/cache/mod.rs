@@ -67,7 +67,7 @@ struct CacheInner {
     config: CacheConfig,
     /// Bytes per chunk.
     chunk_size: u64,
-    /// Chunks one upstream request fetches at most: the read-ahead bound (`cache.read_ahead`).
+    /// Chunks one upstream request fetches at most: the read-ahead bound.
     run_chunks: u64,
     /// Larger objects are relayed, not stored.
     max_object_size: u64,
@@ -118,7 +118,10 @@ impl Outcome {
 }
 
 /// The cache's answer.
-pub(crate) enum Served {
+// Returned once per request and matched at once: boxing the response would cost an
+// allocation on every hit to save a move.
+#[allow(clippy::large_enum_variant)]
+pub enum Served {
     /// A response built from the cache; the outcome is also in its `Cache-Status`.
     Response(Response<ResponseBody>, CacheResult),
     /// Not for the cache: relay it and send this `Cache-Status`.
@@ -127,7 +130,7 @@ pub(crate) enum Served {
 
 /// Why a request goes past the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Bypass {
+pub enum Bypass {
     /// A HEAD for an object without metadata is not worth fetching chunks for.
     HeadMiss,
     /// Larger than `cache.max_object_size`.
@@ -136,7 +139,7 @@ pub(crate) enum Bypass {
 
 impl Bypass {
     /// The `Cache-Status` of a relayed answer.
-    pub(crate) fn header(self) -> HeaderValue {
+    pub fn header(self) -> HeaderValue {
         HeaderValue::from_static(match self {
             Bypass::HeadMiss => "s3edge; fwd=method; detail=head-miss",
             Bypass::TooLarge => "s3edge; fwd=bypass; detail=too-large",
@@ -158,7 +161,7 @@ impl Cache {
                 fetches: Fetches::default(),
                 metrics,
                 chunk_size,
-                run_chunks: (config.read_ahead / chunk_size).max(1),
+                run_chunks: config.read_ahead_chunks.max(1),
                 max_object_size: config.max_object_size,
                 cache_control: header(&config.cache_control),
                 negative_cache_control: header(&format!(
@@ -171,7 +174,7 @@ impl Cache {
     }
 
     /// Answers a GET or HEAD for `object` from the cache, fetching what is missing.
-    pub(crate) async fn serve(
+    pub async fn serve(
         &self,
         upstream: &Arc<Upstream>,
         object: &ObjectRef,
@@ -287,8 +290,7 @@ impl Cache {
                 let (upstream, key, validator) = (upstream.clone(), key.clone(), meta.clone());
                 tokio::spawn(async move {
                     if let Err(error) =
-                        probe::probe(&cache, &upstream, &key, kind, Some(validator), 0, false)
-                            .await
+                        probe::probe(&cache, &upstream, &key, kind, Some(validator), 0, false).await
                     {
                         tracing::warn!(key = %key.key, error = %error.detail(), "background revalidation failed");
                     }
@@ -421,9 +423,10 @@ impl Cache {
 
     /// Counters and size now.
     pub fn stats(&self) -> CacheStats {
-        self.inner
-            .metrics
-            .snapshot(self.inner.store.weighted_size(), self.inner.store.entry_count())
+        self.inner.metrics.snapshot(
+            self.inner.store.weighted_size(),
+            self.inner.store.entry_count(),
+        )
     }
 
     /// The Prometheus collector of this cache's counters, read at every scrape.
@@ -467,8 +470,7 @@ impl Producer {
             let lo = self.span.start.max(chunk_start) - chunk_start;
             let hi = self.span.end.min(chunk_start + chunk) - chunk_start;
             let source =
-                run::chunk_source(&self.inner, &self.upstream, &self.key, &self.found, index)
-                    .await;
+                run::chunk_source(&self.inner, &self.upstream, &self.key, &self.found, index).await;
             let sent = match source {
                 ChunkSource::Stored(bytes) => match slice_chunk(&bytes, index, chunk, self.span) {
                     Some(part) => self.tx.send(Ok(part)).await.is_ok(),

@@ -62,7 +62,6 @@ pub(super) async fn chunk_source(
     }
 }
 
-
 /// A run of consecutive chunks filled from one upstream response. Dropping it fails every
 /// chunk not yet complete, so no reader waits for a fetch that ended.
 pub(super) struct Fill {

@@ -68,10 +68,10 @@ pub struct CacheConfig {
     pub max_object_size: u64,
     /// Objects are stored as aligned chunks of this size.
     pub chunk_size: u64,
-    /// The most one upstream request of the cache fetches (whole chunks, at least one): a
-    /// miss reads this far ahead of the client, so a stalled client holds at most this much
-    /// in memory beyond what it has read.
-    pub read_ahead: u64,
+    /// Chunks one upstream request of the cache fetches at most (1–64): a miss reads this
+    /// far ahead of the client, so a stalled client makes the cache hold at most
+    /// `read_ahead_chunks × chunk_size` bytes beyond what it has read.
+    pub read_ahead_chunks: u64,
     /// How long metadata is fresh before it is revalidated.
     pub ttl: Duration,
     /// After the TTL, serve stale while one background revalidation runs.
@@ -91,7 +91,7 @@ impl Default for CacheConfig {
             capacity: 512 * 1024 * 1024,
             max_object_size: 4 * 1024 * 1024 * 1024,
             chunk_size: 1024 * 1024,
-            read_ahead: 16 * 1024 * 1024,
+            read_ahead_chunks: 16,
             ttl: Duration::from_secs(60),
             stale_while_revalidate: Duration::from_secs(30),
             stale_if_error: Duration::from_secs(300),
@@ -305,7 +305,7 @@ struct RawCache {
     capacity: Option<bytesize::ByteSize>,
     max_object_size: Option<bytesize::ByteSize>,
     chunk_size: Option<bytesize::ByteSize>,
-    read_ahead: Option<bytesize::ByteSize>,
+    read_ahead_chunks: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     ttl: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -529,7 +529,7 @@ impl Validator<'_> {
             capacity: size(raw.capacity, d.capacity),
             max_object_size: size(raw.max_object_size, d.max_object_size),
             chunk_size: size(raw.chunk_size, d.chunk_size),
-            read_ahead: size(raw.read_ahead, d.read_ahead),
+            read_ahead_chunks: raw.read_ahead_chunks.unwrap_or(d.read_ahead_chunks),
             ttl,
             stale_while_revalidate: raw
                 .stale_while_revalidate

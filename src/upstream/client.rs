@@ -45,8 +45,7 @@ impl BackendClient {
         &self,
         request: Request<Empty<Bytes>>,
     ) -> Result<Response<Incoming>, GatewayError> {
-        match tokio::time::timeout(self.response_head, self.client.request(request)).await
-        {
+        match tokio::time::timeout(self.response_head, self.client.request(request)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout("response head")),
             Ok(Err(e)) if e.is_connect() && is_timeout(&e) => {
                 Err(GatewayError::UpstreamTimeout("connect"))
@@ -55,7 +54,6 @@ impl BackendClient {
             Ok(Ok(response)) => Ok(response),
         }
     }
-
 
     /// Sends one request, bounded by `timeout` instead (readiness checks).
     pub(crate) async fn send_within(
@@ -146,4 +144,3 @@ impl tower_service::Service<Name> for Resolver {
         Box::pin(async move { Ok(resolving.await?.collect::<Vec<_>>().into_iter()) })
     }
 }
-

@@ -74,7 +74,6 @@ impl Signer {
         instructions.apply_to_request_http1x(&mut request);
         Ok(request)
     }
-
 }
 
 /// S3 URI encoding of a key: every byte but `A-Z a-z 0-9 - _ . ~` and `/` is percent-encoded.

@@ -34,7 +34,6 @@ pub(crate) fn s3_error_code(body: &[u8]) -> Option<String> {
     Some(text[start..end].chars().take(64).collect())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,11 @@ pub struct WriteError {
 #[derive(Debug, Clone)]
 pub struct S3Client {
     endpoint: String,
+    /// Sent as `Host` (and signed) instead of the endpoint's authority.
+    host: Option<String>,
     bucket: String,
+    /// Put in front of every key, as the gateway's region config does.
+    key_prefix: String,
     region: String,
     credentials: Credentials,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -42,11 +46,26 @@ impl S3Client {
     pub fn new(endpoint: &str, bucket: &str, region: &str, access_key: &str, secret: &str) -> Self {
         S3Client {
             endpoint: endpoint.trim_end_matches('/').to_string(),
+            host: None,
             bucket: bucket.to_string(),
+            key_prefix: String::new(),
             region: region.to_string(),
             credentials: Credentials::new(access_key, secret, None, None, "testbed"),
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    /// Every key gets this prefix (as a region's `key_prefix`).
+    pub fn with_key_prefix(mut self, prefix: &str) -> Self {
+        self.key_prefix = prefix.to_string();
+        self
+    }
+
+    /// Connects to the endpoint but names `host` in `Host` (a backend reached through
+    /// `connect_to`).
+    pub fn with_host(mut self, host: &str) -> Self {
+        self.host = Some(host.to_string());
+        self
     }
 
     /// Creates the bucket unless it exists (outside us-east-1 with its LocationConstraint,
@@ -72,15 +91,20 @@ impl S3Client {
             .await
     }
 
-    /// Writes `key` (no encoding needed: test keys are plain) with `headers` (storage class,
-    /// encryption, content type).
+    /// Writes `{key_prefix}{key}` with `headers` (storage class, encryption, content type).
     pub async fn put_object(
         &self,
         key: &str,
         body: Bytes,
         headers: HeaderMap,
     ) -> Result<(), WriteError> {
-        let url = format!("{}/{}/{key}", self.endpoint, self.bucket);
+        let full = format!("{}{key}", self.key_prefix);
+        let url = format!(
+            "{}/{}/{}",
+            self.endpoint,
+            self.bucket,
+            s3edge::upstream::encode_key(&full)
+        );
         self.expect_success(Method::PUT, &url, headers, body).await
     }
 
@@ -137,9 +161,12 @@ impl S3Client {
         &self,
         method: Method,
         url: &str,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Bytes,
     ) -> Result<Request<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
+        if let Some(host) = &self.host {
+            headers.insert(http::header::HOST, host.parse()?);
+        }
         let signable_headers = headers
             .iter()
             .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));

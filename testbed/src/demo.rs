@@ -14,8 +14,10 @@ use tokio::net::TcpListener;
 use crate::{Backends, REGIONS, SAMPLE_ACCOUNT, SAMPLE_NAME};
 
 /// Where the demo listens when nothing is asked.
-pub const DEFAULT_LISTEN: SocketAddr =
-    SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8080));
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    8080,
+));
 
 /// How the demo is started.
 #[derive(Debug, Clone)]
@@ -87,7 +89,10 @@ impl Demo {
     }
 
     /// Serves until `shutdown` resolves.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let bound = self
             .bound
             .take()
@@ -120,7 +125,12 @@ async fn bind_gateway(
     }
 }
 
-fn banner(addr: SocketAddr, admin: SocketAddr, fallback_from: Option<SocketAddr>, root: &Path) -> String {
+fn banner(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    fallback_from: Option<SocketAddr>,
+    root: &Path,
+) -> String {
     let account = SAMPLE_ACCOUNT;
     let name = SAMPLE_NAME;
     let mut out = String::new();
@@ -151,7 +161,10 @@ fn banner(addr: SocketAddr, admin: SocketAddr, fallback_from: Option<SocketAddr>
             kind.suffix()
         );
     }
-    let _ = writeln!(out, "\nHost form, as the public LOCATION URLs are resolved:");
+    let _ = writeln!(
+        out,
+        "\nHost form, as the public LOCATION URLs are resolved:"
+    );
     for spec in REGIONS {
         let _ = writeln!(
             out,

@@ -141,14 +141,30 @@ impl Backends {
 }
 
 /// A signed writer for a region's bucket, with the region's own credentials.
+/// Path-style, with the region's key prefix; through `connect_to` when the region has one.
 pub fn writer(region: &RegionConfig) -> S3Client {
-    S3Client::new(
-        region.endpoint.to_string().trim_end_matches('/'),
+    let endpoint = region.endpoint.to_string();
+    let endpoint = endpoint.trim_end_matches('/');
+    let authority = region.endpoint.authority().map(|a| a.as_str());
+    let (connect, host) = match (region.connect_to, authority) {
+        (Some(ip), Some(authority)) => {
+            let port = region.endpoint.port_u16().unwrap_or(80);
+            (format!("http://{ip}:{port}"), Some(authority))
+        }
+        _ => (endpoint.to_string(), None),
+    };
+    let client = S3Client::new(
+        &connect,
         &region.bucket,
         &region.signing_region,
         &region.credentials.access_key_id,
         &region.credentials.secret_access_key,
     )
+    .with_key_prefix(&region.key_prefix);
+    match host {
+        Some(host) => client.with_host(host),
+        None => client,
+    }
 }
 
 /// Creates each region's bucket (when missing) and writes the sample recording's four files
@@ -192,11 +208,7 @@ pub struct Seed {
 
 /// Writes `seed.count` objects, once: a marker file in `root` says a previous start already
 /// did.
-pub async fn seed_objects(
-    backend: &S3Backend,
-    root: &Path,
-    seed: &Seed,
-) -> Result<(), WriteError> {
+pub async fn seed_objects(backend: &S3Backend, root: &Path, seed: &Seed) -> Result<(), WriteError> {
     let marker = root.join(format!(
         ".seeded-{}-{}-{}",
         seed.bucket, seed.count, seed.size
@@ -276,13 +288,14 @@ pub fn render_toml(config: &Config) -> String {
     let c = &config.cache;
     let _ = writeln!(
         out,
-        "[cache]\nenabled = {}\ncapacity = {}\nmax_object_size = {}\nchunk_size = {}\n\
+        "[cache]\nenabled = {}\ncapacity = {}\nmax_object_size = {}\nchunk_size = {}\nread_ahead_chunks = {}\n\
          ttl = \"{}ms\"\nstale_while_revalidate = \"{}ms\"\nstale_if_error = \"{}ms\"\n\
          negative_ttl = \"{}ms\"\ncache_control = {:?}\n",
         c.enabled,
         c.capacity,
         c.max_object_size,
         c.chunk_size,
+        c.read_ahead_chunks,
         c.ttl.as_millis(),
         c.stale_while_revalidate.as_millis(),
         c.stale_if_error.as_millis(),

@@ -1,16 +1,11 @@
 //! The edge cache against real backends with request counters.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{Harness, sample_path, within};
 use bytes::Bytes;
-use common::{Harness, sample_path, within};
 use http::StatusCode;
 use s3edge::config::Config;
-use s3edge::demo;
 use s3edge::route::FileKind;
 
 const KIB: u64 = 1024;
@@ -45,7 +40,7 @@ impl Rng {
     }
 }
 
-fn eu1(h: &Harness) -> &s3edge::demo::backend::S3Backend {
+fn eu1(h: &Harness) -> &s3edge_testbed::backend::S3Backend {
     &h.backends.backends[0]
 }
 
@@ -63,7 +58,7 @@ async fn second_get_is_served_without_the_backend() {
     for _ in 0..5 {
         let again = h.get(&path, &[]).await;
         assert_eq!(again.status, StatusCode::OK);
-        assert_eq!(again.body, demo::sample_file(FileKind::Snapshot));
+        assert_eq!(again.body, s3edge_testbed::sample_file(FileKind::Snapshot));
         assert!(
             again
                 .header("cache-status")
@@ -90,9 +85,9 @@ async fn second_get_is_served_without_the_backend() {
     let partial = h.get(&path, &[("range", "bytes=10-19")]).await;
     assert_eq!(
         partial.body,
-        demo::sample_file(FileKind::Snapshot).slice(10..20)
+        s3edge_testbed::sample_file(FileKind::Snapshot).slice(10..20)
     );
-    let len = demo::sample_file(FileKind::Snapshot).len();
+    let len = s3edge_testbed::sample_file(FileKind::Snapshot).len();
     let past = h.get(&path, &[("range", &format!("bytes={len}-"))]).await;
     assert_eq!(past.status, StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(
@@ -108,7 +103,7 @@ async fn second_get_is_served_without_the_backend() {
 async fn random_ranges_match_the_backend_bytes() {
     let h = Harness::start_with(small_chunks).await;
     let body = pattern(1_000_003, 7);
-    let key = format!("{}/ranges_raw.mp4", demo::SAMPLE_ACCOUNT);
+    let key = format!("{}/ranges_raw.mp4", s3edge_testbed::SAMPLE_ACCOUNT);
     h.put("eu1", &key, body.clone()).await;
     let path = format!("/eu1/{key}");
     let len = body.len() as u64;
@@ -162,7 +157,7 @@ async fn random_ranges_match_the_backend_bytes() {
 async fn concurrent_cold_requests_collapse_into_one_upstream_request() {
     let h = Harness::start().await;
     let body = pattern(2 * 1024 * 1024, 11);
-    let key = format!("{}/popular.mp4", demo::SAMPLE_ACCOUNT);
+    let key = format!("{}/popular.mp4", s3edge_testbed::SAMPLE_ACCOUNT);
     h.put("eu1", &key, body.clone()).await;
     let before = eu1(&h).stats.requests();
     let path = format!("/eu1/{key}");
@@ -225,9 +220,9 @@ async fn a_failed_fetch_is_not_cached_and_does_not_poison() {
     let region = &h.config.regions[2];
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let dir = h.backends_root().join("us1");
-    let _revived = s3edge::demo::backend::S3Backend::start(
+    let _revived = s3edge_testbed::backend::S3Backend::start(
         listener,
-        s3edge::demo::backend::BackendOptions {
+        s3edge_testbed::backend::BackendOptions {
             region: region.signing_region.clone(),
             access_key: region.credentials.access_key_id.clone(),
             secret_key: region.credentials.secret_access_key.clone(),
@@ -241,7 +236,7 @@ async fn a_failed_fetch_is_not_cached_and_does_not_poison() {
     .unwrap();
     let again = h.get(&path, &[]).await;
     assert_eq!(again.status, StatusCode::OK);
-    assert_eq!(again.body, demo::sample_file(FileKind::Processed));
+    assert_eq!(again.body, s3edge_testbed::sample_file(FileKind::Processed));
     assert_eq!(h.cache().stats().negative_hits, 0);
 }
 
@@ -253,7 +248,7 @@ async fn overwritten_object_is_new_after_the_ttl_never_a_mix() {
         c.cache.stale_while_revalidate = Duration::ZERO;
     })
     .await;
-    let key = format!("{}/changing.mp4", demo::SAMPLE_ACCOUNT);
+    let key = format!("{}/changing.mp4", s3edge_testbed::SAMPLE_ACCOUNT);
     let old = pattern(300_000, 1);
     let new = pattern(300_000, 2);
     h.put("eu1", &key, old.clone()).await;
@@ -306,7 +301,10 @@ async fn revalidation_with_304_refetches_no_bytes() {
     let before = eu1(&h).stats.requests();
     let second = h.get(&path, &[]).await;
     assert_eq!(second.status, StatusCode::OK);
-    assert_eq!(second.body, demo::sample_file(FileKind::Processed));
+    assert_eq!(
+        second.body,
+        s3edge_testbed::sample_file(FileKind::Processed)
+    );
     assert_eq!(
         second.header("cache-status"),
         Some("s3edge; fwd=stale; fwd-status=304; stored")
@@ -343,7 +341,7 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_in_the_background()
         "{:?}",
         stale.header("cache-status")
     );
-    assert_eq!(stale.body, demo::sample_file(FileKind::Snapshot));
+    assert_eq!(stale.body, s3edge_testbed::sample_file(FileKind::Snapshot));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while h.cache().stats().revalidated_unchanged == 0 {
         assert!(
@@ -365,7 +363,7 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_in_the_background()
 #[tokio::test]
 async fn negative_cache_expires() {
     let h = Harness::start_with(|c| c.cache.negative_ttl = Duration::from_millis(400)).await;
-    let key = format!("{}/later.jpg", demo::SAMPLE_ACCOUNT);
+    let key = format!("{}/later.jpg", s3edge_testbed::SAMPLE_ACCOUNT);
     let path = format!("/eu1/{key}");
     let before = eu1(&h).stats.requests();
     assert_eq!(h.get(&path, &[]).await.status, StatusCode::NOT_FOUND);
@@ -404,7 +402,7 @@ async fn stale_if_error_with_the_backend_stopped() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let stale = h.get(&path, &[]).await;
     assert_eq!(stale.status, StatusCode::OK);
-    assert_eq!(stale.body, demo::sample_file(FileKind::Filmstrip));
+    assert_eq!(stale.body, s3edge_testbed::sample_file(FileKind::Filmstrip));
     assert!(
         stale
             .header("cache-status")
@@ -419,11 +417,11 @@ async fn stale_if_error_with_the_backend_stopped() {
 #[tokio::test]
 async fn purge_drops_a_file_a_recording_or_an_account() {
     let h = Harness::start().await;
-    let account = demo::SAMPLE_ACCOUNT;
+    let account = s3edge_testbed::SAMPLE_ACCOUNT;
     for kind in FileKind::ALL {
         h.get(&sample_path("eu1", kind), &[]).await;
     }
-    let (admin_addr, _stop) = common::start_admin(&h, Some("a-long-admin-token-1234")).await;
+    let (admin_addr, _stop) = crate::common::start_admin(&h, Some("a-long-admin-token-1234")).await;
     let admin = |method: &str, path: &str, token: Option<&str>| {
         let url = format!("http://{admin_addr}{path}");
         let mut request = http::Request::builder().method(method).uri(url);
@@ -438,7 +436,7 @@ async fn purge_drops_a_file_a_recording_or_an_account() {
         }
     };
     let token = Some("a-long-admin-token-1234");
-    let file = format!("/cache/eu1/{account}/{}.jpg", demo::SAMPLE_NAME);
+    let file = format!("/cache/eu1/{account}/{}.jpg", s3edge_testbed::SAMPLE_NAME);
     assert_eq!(admin("DELETE", &file, None).await, StatusCode::UNAUTHORIZED);
     assert_eq!(
         admin("DELETE", &file, Some("wrong")).await,
@@ -460,7 +458,7 @@ async fn purge_drops_a_file_a_recording_or_an_account() {
     assert!(status_of(FileKind::Snapshot).await.contains("fwd=miss"));
     assert!(status_of(FileKind::Processed).await.contains("hit"));
 
-    let recording = format!("/cache/eu1/{account}/{}", demo::SAMPLE_NAME);
+    let recording = format!("/cache/eu1/{account}/{}", s3edge_testbed::SAMPLE_NAME);
     assert_eq!(admin("DELETE", &recording, token).await, StatusCode::OK);
     h.cache().sync().await;
     for kind in FileKind::ALL {
@@ -495,7 +493,7 @@ async fn capacity_holds_after_four_times_capacity_passed_through() {
     let mut total = 0u64;
     for i in 0..16 {
         let body = pattern(512 * 1024 + i, i as u64 + 100);
-        let key = format!("{}/fill-{i}.mp4", demo::SAMPLE_ACCOUNT);
+        let key = format!("{}/fill-{i}.mp4", s3edge_testbed::SAMPLE_ACCOUNT);
         h.put("eu1", &key, body.clone()).await;
         let reply = h.get(&format!("/eu1/{key}"), &[]).await;
         assert!(reply.body == body);
@@ -517,7 +515,7 @@ async fn capacity_holds_after_four_times_capacity_passed_through() {
 async fn a_seek_fetches_only_the_chunks_it_covers() {
     let h = Harness::start_with(small_chunks).await;
     let body = pattern(4 * 1024 * 1024, 5);
-    let key = format!("{}/long_raw.mp4", demo::SAMPLE_ACCOUNT);
+    let key = format!("{}/long_raw.mp4", s3edge_testbed::SAMPLE_ACCOUNT);
     h.put("eu1", &key, body.clone()).await;
     let reply = h
         .get(
@@ -543,7 +541,7 @@ async fn a_seek_fetches_only_the_chunks_it_covers() {
 async fn objects_over_the_size_limit_stream_through() {
     let h = Harness::start_with(|c| c.cache.max_object_size = 100 * KIB).await;
     let path = sample_path("eu1", FileKind::Raw);
-    let raw = demo::sample_file(FileKind::Raw);
+    let raw = s3edge_testbed::sample_file(FileKind::Raw);
     assert!(raw.len() as u64 > 100 * KIB);
     for _ in 0..2 {
         let reply = h.get(&path, &[("range", "bytes=1000-")]).await;
@@ -567,7 +565,9 @@ async fn objects_over_the_size_limit_stream_through() {
 async fn head_miss_asks_the_backend_and_head_hit_does_not() {
     let h = Harness::start().await;
     let path = sample_path("eu1", FileKind::Processed);
-    let len = demo::sample_file(FileKind::Processed).len().to_string();
+    let len = s3edge_testbed::sample_file(FileKind::Processed)
+        .len()
+        .to_string();
     let before = eu1(&h).stats.requests();
     let miss = h.send(http::Method::HEAD, &path, &[]).await;
     assert_eq!(miss.status, StatusCode::OK);
@@ -587,7 +587,7 @@ async fn head_miss_asks_the_backend_and_head_hit_does_not() {
 async fn a_chunk_that_cannot_be_fetched_is_a_clean_502() {
     let h = Harness::start_with(small_chunks).await;
     let body = pattern(20 * 64 * 1024, 9);
-    let key = format!("{}/partly.mp4", demo::SAMPLE_ACCOUNT);
+    let key = format!("{}/partly.mp4", s3edge_testbed::SAMPLE_ACCOUNT);
     h.put("eu1", &key, body.clone()).await;
     let path = format!("/eu1/{key}");
     // The first request stores the metadata and the first 16 chunks.

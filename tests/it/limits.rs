@@ -1,13 +1,10 @@
 //! Hostile or broken clients: oversized heads (431), long URIs (414), slow headers, idle
 //! keep-alive connections, and more connections than allowed. Raw TCP where the client
 //! must misbehave in ways a well-behaved HTTP client cannot.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Harness, within};
+use crate::common::{Harness, within};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

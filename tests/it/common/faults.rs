@@ -2,7 +2,6 @@
 //! s3s backend that, per connection, passes traffic, answers an error status, resets, hangs,
 //! cuts the response after some bytes, or trickles it. The bytes it does pass are the real
 //! backend's, so signatures are still verified.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,23 +1,18 @@
 //! Signing, addressing and backend failures: a signing bug or a leak of backend detail
 //! fails here.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Harness, sample_key, sample_path};
+use crate::common::{Harness, sample_key, sample_path};
 use http::StatusCode;
 use s3edge::config::{Addressing, StaticCredentials};
-use s3edge::demo::backend::{BackendOptions, S3Backend};
-use s3edge::demo::{self, REGIONS};
 use s3edge::route::FileKind;
-use s3edge::service::Gateway;
+use s3edge_testbed::REGIONS;
+use s3edge_testbed::backend::{BackendOptions, S3Backend};
 use tokio::net::TcpListener;
 
 /// A 502 of our own: no XML, no request id, no bucket name.
-fn assert_opaque_502(reply: &common::Reply) {
+fn assert_opaque_502(reply: &crate::common::Reply) {
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(&reply.body[..], b"bad gateway\n");
     for (name, _) in &reply.headers {
@@ -104,15 +99,14 @@ async fn key_prefix_needing_encoding_still_signs() {
         "vidéo-日本/",
     ] {
         let h = Harness::start_with(|c| c.regions[0].key_prefix = prefix.to_string()).await;
-        let gateway = Gateway::new(&h.config).unwrap();
-        common::within(demo::upload_sample(&gateway, &h.config.regions[..1]))
+        crate::common::within(s3edge_testbed::upload_sample(&h.config.regions[..1]))
             .await
             .unwrap_or_else(|e| panic!("{prefix}: upload failed: {e}"));
         let reply = h.get(&sample_path("eu1", FileKind::Processed), &[]).await;
         assert_eq!(reply.status, StatusCode::OK, "{prefix}");
         assert_eq!(
             reply.body,
-            demo::sample_file(FileKind::Processed),
+            s3edge_testbed::sample_file(FileKind::Processed),
             "{prefix}"
         );
         let seen = h.backends.backends[0].stats.recent();
@@ -154,13 +148,12 @@ async fn virtual_hosted_addressing() {
         };
     })
     .await;
-    let gateway = Gateway::new(&h.config).unwrap();
-    common::within(demo::upload_sample(&gateway, &h.config.regions[..1]))
+    crate::common::within(s3edge_testbed::upload_sample(&h.config.regions[..1]))
         .await
         .unwrap();
     let reply = h.get(&sample_path("eu1", FileKind::Filmstrip), &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.body, demo::sample_file(FileKind::Filmstrip));
+    assert_eq!(reply.body, s3edge_testbed::sample_file(FileKind::Filmstrip));
     let seen = backend.stats.recent();
     let last = seen.last().unwrap();
     assert_eq!(
@@ -269,7 +262,7 @@ async fn upstream_connections_are_kept_alive() {
         let before = backend.stats.connections();
         for i in 0..20 {
             // Distinct objects, so that every request reaches the backend.
-            let key = format!("{}/keepalive-{i}.jpg", demo::SAMPLE_ACCOUNT);
+            let key = format!("{}/keepalive-{i}.jpg", s3edge_testbed::SAMPLE_ACCOUNT);
             h.put("eu1", &key, bytes::Bytes::from(vec![7u8; 30 * 1024]))
                 .await;
             let reply = h.get(&format!("/eu1/{key}"), &[]).await;

@@ -3,29 +3,23 @@
 //! signatures, so these tests are about HTTP semantics (ranges, conditionals, 404s, the
 //! cache, retries), not signing; the s3s tests cover signing. The gateway must not depend
 //! on one server's quirks.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::common::faults::{Fault, FaultProxy};
+use crate::common::{Reply, within};
 use bytes::Bytes;
-use common::faults::{Fault, FaultProxy};
-use common::{Reply, within};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use s3edge::config::{Addressing, Config, RegionConfig, StaticCredentials};
-use s3edge::demo::{self, REGIONS, SAMPLE_ACCOUNT};
 use s3edge::route::FileKind;
-use s3edge::server::Listener;
-use s3edge::service::Gateway;
-use tokio::net::TcpListener;
+use s3edge_testbed::{REGIONS, SAMPLE_ACCOUNT};
 
 /// A moto server on a loopback port of its choosing; killed on drop.
 struct Moto {
@@ -78,7 +72,7 @@ impl Drop for Moto {
 struct MotoGateway {
     addr: SocketAddr,
     client: Client<HttpConnector, Empty<Bytes>>,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _server: crate::common::Served,
 }
 
 fn moto_regions(endpoint: SocketAddr) -> Vec<RegionConfig> {
@@ -110,34 +104,17 @@ impl MotoGateway {
     /// `endpoint` (moto itself, or a fault proxy in front of it).
     async fn start(moto: &Moto, endpoint: SocketAddr, adjust: impl FnOnce(&mut Config)) -> Self {
         let uploader = Config::for_regions(moto_regions(moto.addr), "127.0.0.1:0".parse().unwrap());
-        let writer = Gateway::new(&uploader).unwrap();
-        within(demo::upload_sample(&writer, &uploader.regions))
+        within(s3edge_testbed::upload_sample(&uploader.regions))
             .await
             .unwrap();
         let mut config =
             Config::for_regions(moto_regions(endpoint), "127.0.0.1:0".parse().unwrap());
         adjust(&mut config);
-        let gateway = Gateway::new(&config).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (limits, grace) = (config.limits, config.shutdown_grace);
-        tokio::spawn(s3edge::server::serve(
-            gateway,
-            vec![Listener {
-                tcp: listener,
-                tls: None,
-            }],
-            limits,
-            grace,
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let server = crate::common::serve(&config, None).await;
         MotoGateway {
-            addr,
+            addr: server.addr,
             client: Client::builder(TokioExecutor::new()).build_http(),
-            _stop: tx,
+            _server: server,
         }
     }
 
@@ -165,7 +142,7 @@ impl MotoGateway {
 }
 
 fn path(region: &str, kind: FileKind) -> String {
-    common::sample_path(region, kind)
+    crate::common::sample_path(region, kind)
 }
 
 #[tokio::test]
@@ -181,12 +158,12 @@ async fn whole_files_ranges_and_heads_from_moto() {
                     StatusCode::OK,
                     "{region} {kind:?} cache {cache}"
                 );
-                assert!(reply.body == demo::sample_file(kind));
+                assert!(reply.body == s3edge_testbed::sample_file(kind));
                 assert_eq!(reply.header("content-type"), Some(kind.content_type()));
                 assert_eq!(reply.header("accept-ranges"), Some("bytes"));
             }
         }
-        let whole = demo::sample_file(FileKind::Processed);
+        let whole = s3edge_testbed::sample_file(FileKind::Processed);
         let len = whole.len();
         let p = path("eu1", FileKind::Processed);
         let range = gw.get(&p, &[("range", "bytes=100-1123")]).await;
@@ -241,7 +218,7 @@ async fn conditionals_and_missing_files_from_moto() {
             StatusCode::OK,
             "If-Range mismatch: whole file"
         );
-        assert!(stale_range.body == demo::sample_file(FileKind::Snapshot));
+        assert!(stale_range.body == s3edge_testbed::sample_file(FileKind::Snapshot));
         let fresh_range = gw
             .get(&p, &[("range", "bytes=0-9"), ("if-range", &etag)])
             .await;
@@ -273,7 +250,7 @@ async fn the_cache_answers_a_second_request_and_503s_are_retried_with_moto() {
     proxy.script(&[Fault::Status(503)], Fault::Pass);
     let first = gw.get(&p, &[]).await;
     assert_eq!(first.status, StatusCode::OK, "the 503 was retried");
-    assert!(first.body == demo::sample_file(FileKind::Raw));
+    assert!(first.body == s3edge_testbed::sample_file(FileKind::Raw));
     let asked = proxy.connections();
     let second = gw.get(&p, &[]).await;
     assert_eq!(second.status, StatusCode::OK);

@@ -1,19 +1,14 @@
 //! Range and conditional requests as video players send them.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::{Harness, sample_path};
+use crate::common::{Harness, sample_path};
 use http::{Method, StatusCode};
-use s3edge::demo;
 use s3edge::route::FileKind;
 
 #[tokio::test]
 async fn every_range_form() {
     let h = Harness::start().await;
     let path = sample_path("eu1", FileKind::Processed);
-    let full = demo::sample_file(FileKind::Processed);
+    let full = s3edge_testbed::sample_file(FileKind::Processed);
     let len = full.len();
     let cases = [
         ("bytes=0-0", 0, 0),
@@ -47,7 +42,7 @@ async fn every_range_form() {
 async fn range_past_the_end_is_416() {
     let h = Harness::start().await;
     let path = sample_path("us1", FileKind::Snapshot);
-    let len = demo::sample_file(FileKind::Snapshot).len();
+    let len = s3edge_testbed::sample_file(FileKind::Snapshot).len();
     let reply = h.get(&path, &[("range", &format!("bytes={len}-"))]).await;
     assert_eq!(reply.status, StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(&reply.body[..], b"range not satisfiable\n");
@@ -58,7 +53,7 @@ async fn range_past_the_end_is_416() {
 async fn head_with_range_is_206() {
     let h = Harness::start().await;
     let path = sample_path("eu2", FileKind::Raw);
-    let len = demo::sample_file(FileKind::Raw).len();
+    let len = s3edge_testbed::sample_file(FileKind::Raw).len();
     let reply = h
         .send(Method::HEAD, &path, &[("range", "bytes=10-19")])
         .await;
@@ -75,7 +70,7 @@ async fn head_with_range_is_206() {
 async fn if_range_match_gives_range_and_mismatch_gives_whole_object() {
     let h = Harness::start().await;
     let path = sample_path("us2", FileKind::Processed);
-    let full = demo::sample_file(FileKind::Processed);
+    let full = s3edge_testbed::sample_file(FileKind::Processed);
     let first = h.get(&path, &[]).await;
     let etag = first.header("etag").unwrap().to_string();
     let modified = first.header("last-modified").unwrap().to_string();
@@ -126,7 +121,7 @@ async fn if_range_next_to_if_match_without_cache_ignores_range() {
     // backend: Range is ignored, which RFC 9110 allows.
     let h = Harness::start_with(|c| c.cache.enabled = false).await;
     let path = sample_path("us2", FileKind::Processed);
-    let full = demo::sample_file(FileKind::Processed);
+    let full = s3edge_testbed::sample_file(FileKind::Processed);
     let etag = h.get(&path, &[]).await.header("etag").unwrap().to_string();
     let both = h
         .get(

@@ -1,13 +1,10 @@
 //! The admin listener as an operator's probes and Prometheus see it: `/healthz`,
 //! `/readyz` (each region's backend asked), and `/metrics` after real traffic.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
+use crate::common::{Harness, Reply, sample_path, start_admin, within};
 use bytes::Bytes;
-use common::{Harness, Reply, sample_path, start_admin, within};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use s3edge::route::FileKind;
@@ -127,9 +124,7 @@ async fn health_readiness_and_metrics_after_traffic() {
 
 #[tokio::test]
 async fn readiness_names_an_unreachable_region() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let closed_addr = closed.local_addr().unwrap();
-    drop(closed);
+    let (_refusing, closed_addr) = crate::common::refused_addr();
     for cache in [false, true] {
         let h = Harness::start_with(|c| {
             c.cache.enabled = cache;

@@ -1,21 +1,17 @@
 //! Every region × file kind × Host and path form, byte-exact, and everything that must be
 //! refused before it reaches a backend.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::{Harness, sample_key, sample_path};
+use crate::common::{Harness, sample_key, sample_path};
 use http::{Method, StatusCode};
-use s3edge::demo::{self, REGIONS};
 use s3edge::route::FileKind;
+use s3edge_testbed::REGIONS;
 
 #[tokio::test]
 async fn every_region_kind_and_form_is_byte_exact() {
     let h = Harness::start().await;
     for spec in REGIONS {
         for kind in FileKind::ALL {
-            let expected = demo::sample_file(kind);
+            let expected = s3edge_testbed::sample_file(kind);
             let by_path = h.get(&sample_path(spec.name, kind), &[]).await;
             let by_host = h
                 .get(&format!("/{}", sample_key(kind)), &[("host", spec.host)])
@@ -47,7 +43,7 @@ async fn every_region_kind_and_form_is_byte_exact() {
 #[tokio::test]
 async fn head_answers_headers_without_body() {
     let h = Harness::start().await;
-    let expected = demo::sample_file(FileKind::Raw);
+    let expected = s3edge_testbed::sample_file(FileKind::Raw);
     let reply = h
         .send(Method::HEAD, &sample_path("us1", FileKind::Raw), &[])
         .await;
@@ -96,7 +92,7 @@ async fn storage_policy_was_applied_on_write() {
 async fn rejected_paths_never_reach_a_backend() {
     let h = Harness::start().await;
     let host = REGIONS[0].host;
-    let hash = demo::SAMPLE_ACCOUNT;
+    let hash = s3edge_testbed::SAMPLE_ACCOUNT;
     let cases: Vec<(String, Option<&str>, StatusCode)> = vec![
         ("/".into(), Some(host), StatusCode::NOT_FOUND),
         ("/".into(), None, StatusCode::NOT_FOUND),
@@ -302,7 +298,10 @@ async fn missing_object_is_a_short_404() {
     let before = h.backends.backends[1].stats.requests();
     let reply = h
         .get(
-            &format!("/eu2/{}/nosuchrecording.jpg", demo::SAMPLE_ACCOUNT),
+            &format!(
+                "/eu2/{}/nosuchrecording.jpg",
+                s3edge_testbed::SAMPLE_ACCOUNT
+            ),
             &[],
         )
         .await;

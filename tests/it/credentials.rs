@@ -3,9 +3,6 @@
 //! service (both served here on loopback, misbehaving on purpose), and a profile file.
 //! Failed or non-200 answers are never taken, temporary credentials are refreshed before
 //! they expire, and a refresh failure keeps the current credentials in use.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -13,9 +10,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::common::process::{get_fresh, spawn_gateway_env, wait_for_log, write_config};
+use crate::common::{Harness, within};
 use bytes::Bytes;
-use common::process::{get_fresh, spawn_gateway_env, wait_for_log, write_config};
-use common::{Harness, within};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -221,7 +218,7 @@ async fn container_credentials_skip_bad_answers_refresh_early_and_survive_a_fail
             ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "container-auth-token"),
         ],
     );
-    let snapshot = common::sample_path("eu1", FileKind::Snapshot);
+    let snapshot = crate::common::sample_path("eu1", FileKind::Snapshot);
     wait_until_served(addr, &snapshot).await;
     // Until the 8-second credentials are refreshed (at about 6 s, first with a 503), and
     // beyond their expiry, every request is served.
@@ -262,7 +259,11 @@ async fn instance_metadata_credentials_are_used() {
         &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint.as_str())],
     );
 
-    wait_until_served(addr, &common::sample_path("eu1", FileKind::Processed)).await;
+    wait_until_served(
+        addr,
+        &crate::common::sample_path("eu1", FileKind::Processed),
+    )
+    .await;
     assert_eq!(
         server.seen().first().cloned().flatten().as_deref(),
         Some("imds-session-token"),
@@ -306,7 +307,7 @@ async fn a_named_profile_from_the_shared_credentials_file() {
             ("AWS_CONFIG_FILE", missing.as_str()),
         ],
     );
-    wait_until_served(addr, &common::sample_path("eu1", FileKind::Raw)).await;
+    wait_until_served(addr, &crate::common::sample_path("eu1", FileKind::Raw)).await;
     child.kill().unwrap();
     let _ = child.wait();
 }

@@ -1,6 +1,5 @@
 //! Test harness: four real, SigV4-verifying S3 backends and the gateway, all on
 //! `127.0.0.1:0`, reached through a real hyper client. Every await has a timeout.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,10 +12,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use s3edge::config::Config;
-use s3edge::demo::{self, Backends};
 use s3edge::route::FileKind;
 use s3edge::server::Listener;
 use s3edge::service::Gateway;
+use s3edge_testbed::{self as demo, Backends};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -64,6 +63,68 @@ pub fn sample_path(region: &str, kind: FileKind) -> String {
     format!("/{region}/{}", sample_key(kind))
 }
 
+/// A gateway serving on `127.0.0.1:0` in this process; stopped when dropped.
+pub struct Served {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The gateway (shares its cache with the running server).
+    pub gateway: Gateway,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// The one way tests start a gateway server: plain HTTP, or HTTPS with `tls`.
+pub async fn serve(config: &Config, tls: Option<tokio_rustls::TlsAcceptor>) -> Served {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let gateway = Gateway::new(config).unwrap();
+    let served = gateway.clone();
+    let (limits, grace) = (config.limits, config.shutdown_grace);
+    let task = tokio::spawn(async move {
+        let listeners = vec![Listener { tcp: listener, tls }];
+        s3edge::server::serve(served, listeners, limits, grace, async {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    Served {
+        addr,
+        gateway,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+impl Served {
+    /// Stops the server and waits for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            within(task).await.unwrap();
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// An address whose connections are refused by construction: a socket bound to a loopback
+/// port but never listening. The port stays reserved while the socket lives.
+pub fn refused_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 /// Four backends and a gateway in front of them.
 pub struct Harness {
     pub backends: Backends,
@@ -72,8 +133,7 @@ pub struct Harness {
     pub client: Client<HttpConnector, Empty<Bytes>>,
     /// The gateway under test (shares the cache with the running server).
     pub gateway: Gateway,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    server: Option<Served>,
     _dir: tempfile::TempDir,
 }
 
@@ -93,49 +153,32 @@ impl Harness {
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let backends = within(Backends::start(dir.path())).await.unwrap();
-        let uploader = config_for(&backends);
-        let gateway = Gateway::new(&uploader).unwrap();
-        within(demo::upload_sample(&gateway, &uploader.regions))
+        within(demo::upload_sample(&backends.regions))
             .await
             .unwrap();
-        let mut config = uploader;
+        let mut config = config_for(&backends);
         adjust(&mut config);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let gateway = Gateway::new(&config).unwrap();
-        let served = gateway.clone();
-        let grace = config.shutdown_grace;
-        let limits = config.limits;
-        let task = tokio::spawn(async move {
-            let listeners = vec![Listener {
-                tcp: listener,
-                tls: None,
-            }];
-            s3edge::server::serve(served, listeners, limits, grace, async {
-                let _ = rx.await;
-            })
-            .await;
-        });
+        let server = serve(&config, None).await;
         Harness {
             backends,
             config,
-            addr,
+            addr: server.addr,
             client: Client::builder(TokioExecutor::new()).build_http(),
-            gateway,
-            shutdown: Some(tx),
-            task: Some(task),
+            gateway: server.gateway.clone(),
+            server: Some(server),
             _dir: dir,
         }
     }
 
     /// Writes an object straight to a region's backend (signed, not through the cache).
     pub async fn put(&self, region: &str, key: &str, body: Bytes) {
-        let mut config = self.config.clone();
-        config.cache.enabled = false;
-        let gateway = Gateway::new(&config).unwrap();
-        let upstream = gateway.upstream(region).unwrap();
-        within(upstream.put_object(key, body, HeaderMap::new()))
+        let region = self
+            .backends
+            .regions
+            .iter()
+            .find(|r| r.name == region)
+            .unwrap();
+        within(demo::writer(region).put_object(key, body, HeaderMap::new()))
             .await
             .unwrap();
     }
@@ -185,19 +228,8 @@ impl Harness {
 
     /// Stops the gateway and waits for it.
     pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            within(task).await.unwrap();
-        }
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+        if let Some(server) = self.server.take() {
+            server.stop().await;
         }
     }
 }

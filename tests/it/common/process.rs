@@ -1,5 +1,4 @@
 //! The `s3edge` binary as a child process: config files, its log, its address.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -12,19 +11,54 @@ use s3edge::config::Config;
 /// The gateway binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_s3edge");
 
+/// Writes the config for `s3edge serve` with the cache off: these tests are about streaming
+/// through, and the cache would keep the bytes.
 pub fn write_config(dir: &Path, config: &Config, grace: Duration) -> std::path::PathBuf {
     let mut config = config.clone();
-    // These tests are about streaming through: the cache would keep the bytes.
     config.cache.enabled = false;
+    write_config_keeping_cache(dir, &config, grace)
+}
+
+/// Writes the config for `s3edge serve` as it is (cache settings included).
+pub fn write_config_keeping_cache(
+    dir: &Path,
+    config: &Config,
+    grace: Duration,
+) -> std::path::PathBuf {
+    let mut config = config.clone();
     config.http_listeners = vec!["127.0.0.1:0".parse().unwrap()];
     config.shutdown_grace = grace;
     let path = dir.join("s3edge.toml");
-    std::fs::write(&path, s3edge::demo::render_toml(&config)).unwrap();
+    std::fs::write(&path, s3edge_testbed::render_toml(&config)).unwrap();
     path
 }
 
+/// A spawned `s3edge` process, killed and reaped when dropped: a failed assert never leaves
+/// it running.
+pub struct Spawned(Child);
+
+impl std::ops::Deref for Spawned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `s3edge serve` and reads its listening address from the JSON log.
-pub fn spawn_gateway(config: &Path) -> (Child, SocketAddr) {
+pub fn spawn_gateway(config: &Path) -> (Spawned, SocketAddr) {
     let (child, addr, _log) = spawn_gateway_with_log(config);
     (child, addr)
 }
@@ -32,7 +66,7 @@ pub fn spawn_gateway(config: &Path) -> (Child, SocketAddr) {
 /// Like [`spawn_gateway`], also handing out every later log line.
 pub fn spawn_gateway_with_log(
     config: &Path,
-) -> (Child, SocketAddr, std::sync::mpsc::Receiver<String>) {
+) -> (Spawned, SocketAddr, std::sync::mpsc::Receiver<String>) {
     spawn_gateway_env(config, &[])
 }
 
@@ -40,16 +74,18 @@ pub fn spawn_gateway_with_log(
 pub fn spawn_gateway_env(
     config: &Path,
     env: &[(&str, &str)],
-) -> (Child, SocketAddr, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+) -> (Spawned, SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let mut child = Spawned(
+        Command::new(BIN)
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let (log_tx, log_rx) = std::sync::mpsc::channel();

@@ -1,17 +1,12 @@
 //! CORS on every status, and preflights answered locally.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::{Harness, sample_path};
+use crate::common::{Harness, sample_path};
 use http::{Method, StatusCode};
-use s3edge::demo;
 use s3edge::route::FileKind;
 
 const ORIGIN: (&str, &str) = ("origin", "https://app.example.com");
 
-fn assert_cors(reply: &common::Reply, what: &str) {
+fn assert_cors(reply: &crate::common::Reply, what: &str) {
     assert_eq!(
         reply.header("access-control-allow-origin"),
         Some("*"),
@@ -59,7 +54,7 @@ async fn cors_headers_on_200_206_304_404_and_errors() {
 
     let missing = h
         .get(
-            &format!("/eu1/{}/gone.mp4", demo::SAMPLE_ACCOUNT),
+            &format!("/eu1/{}/gone.mp4", s3edge_testbed::SAMPLE_ACCOUNT),
             &[ORIGIN],
         )
         .await;

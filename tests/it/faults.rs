@@ -2,21 +2,18 @@
 //! `common/faults.rs`) hangs, refuses, answers 503, resets, cuts the body, or trickles it.
 //! The client must get a timely 504/502/503, a retried success, or an aborted transfer:
 //! never a hang, never a short body presented as complete, never a partial cache entry.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
+use crate::common::faults::{Fault, FaultProxy};
+use crate::common::{Harness, within};
 use bytes::Bytes;
-use common::faults::{Fault, FaultProxy};
-use common::{Harness, within};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use s3edge::config::Config;
-use s3edge::demo::SAMPLE_ACCOUNT;
+use s3edge_testbed::SAMPLE_ACCOUNT;
 
 /// A harness whose eu1 backend sits behind a fault proxy (passing traffic for now).
 async fn start(adjust: impl FnOnce(&mut Config)) -> (Harness, FaultProxy) {
@@ -118,9 +115,7 @@ async fn a_hung_backend_gets_504_within_the_configured_time() {
 
 #[tokio::test]
 async fn a_refused_connection_is_retried_then_answered_502() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let closed_addr = closed.local_addr().unwrap();
-    drop(closed);
+    let (_refusing, closed_addr) = crate::common::refused_addr();
     let h = Harness::start_with(|c| {
         c.cache.enabled = false;
         c.retry.backoff = Duration::from_millis(10);
@@ -131,7 +126,7 @@ async fn a_refused_connection_is_retried_then_answered_502() {
     let started = Instant::now();
     let reply = h
         .get(
-            &common::sample_path("eu1", s3edge::route::FileKind::Processed),
+            &crate::common::sample_path("eu1", s3edge::route::FileKind::Processed),
             &[],
         )
         .await;
@@ -324,7 +319,7 @@ async fn a_failing_region_opens_its_circuit_fails_fast_and_recovers() {
     // Other regions are not affected.
     let other = h
         .get(
-            &common::sample_path("eu2", s3edge::route::FileKind::Snapshot),
+            &crate::common::sample_path("eu2", s3edge::route::FileKind::Snapshot),
             &[],
         )
         .await;

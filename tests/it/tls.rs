@@ -1,23 +1,18 @@
 //! TLS termination with certificates generated here: SNI picks the certificate, ALPN picks
 //! HTTP/1.1 or HTTP/2, and the bytes are the same either way.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::{Harness, sample_key, within};
 use bytes::Bytes;
-use common::{Harness, sample_key, within};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
 use s3edge::config::CertificateConfig;
-use s3edge::demo::{self, REGIONS};
 use s3edge::route::FileKind;
-use s3edge::server::Listener;
-use tokio::net::{TcpListener, TcpStream};
+use s3edge_testbed::REGIONS;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 struct TlsGateway {
@@ -25,6 +20,7 @@ struct TlsGateway {
     roots: rustls::RootCertStore,
     edge_cert: CertificateDer<'static>,
     eu1_cert: CertificateDer<'static>,
+    _server: crate::common::Served,
     _dir: tempfile::TempDir,
 }
 
@@ -53,24 +49,13 @@ async fn start_tls(h: &Harness) -> TlsGateway {
     let mut config = h.config.clone();
     config.certificates = certificates;
     let acceptor = s3edge::server::tls_acceptor(&config.certificates).unwrap();
-    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
-    tokio::spawn(async move {
-        let listeners = vec![Listener {
-            tcp,
-            tls: Some(acceptor),
-        }];
-        let bound = s3edge::Bound {
-            listeners,
-            certs: None,
-        };
-        let _ = s3edge::run(&config, bound, None, std::future::pending()).await;
-    });
+    let server = crate::common::serve(&config, Some(acceptor)).await;
     TlsGateway {
-        addr,
+        addr: server.addr,
         roots,
         edge_cert: edge.cert.der().clone(),
         eu1_cert: eu1.cert.der().clone(),
+        _server: server,
         _dir: dir,
     }
 }
@@ -121,7 +106,10 @@ async fn http1_over_tls_with_sni() {
         .await
         .unwrap()
         .to_bytes();
-    assert_eq!(body, demo::sample_file(FileKind::Processed).slice(0..1024));
+    assert_eq!(
+        body,
+        s3edge_testbed::sample_file(FileKind::Processed).slice(0..1024)
+    );
 }
 
 #[tokio::test]
@@ -151,7 +139,7 @@ async fn http2_over_tls_and_default_certificate() {
             .await
             .unwrap()
             .to_bytes();
-        assert_eq!(body, demo::sample_file(kind), "{kind:?}");
+        assert_eq!(body, s3edge_testbed::sample_file(kind), "{kind:?}");
     }
     // Host form over HTTP/2: the :authority names the region.
     let request = Request::get(format!(
@@ -169,18 +157,69 @@ async fn http2_over_tls_and_default_certificate() {
 async fn unknown_sni_gets_the_default_certificate() {
     let h = Harness::start().await;
     let gw = start_tls(&h).await;
-    // The default certificate does not name this host, so verification must fail.
+    // Accept whatever is presented, then look at it: it must be the default certificate.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(gw.roots.clone())
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
     let name = ServerName::try_from("other.test".to_string()).unwrap();
-    let result = within(TlsConnector::from(Arc::new(config)).connect(name, tcp)).await;
-    assert!(
-        result.is_err(),
-        "a certificate for other.test was presented"
-    );
+    let stream = within(TlsConnector::from(Arc::new(config)).connect(name, tcp))
+        .await
+        .expect("the gateway presents its default certificate to an unknown name");
+    assert_eq!(peer_cert(&stream), gw.edge_cert);
+    assert_ne!(peer_cert(&stream), gw.eu1_cert);
+}
+
+/// Accepts any certificate (its signatures still checked), so a test can look at what a
+/// server presents to a name it does not know.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }

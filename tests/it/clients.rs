@@ -2,22 +2,18 @@
 //! `<video crossorigin>` through the gateway and reading a `fetch()` Range response, and
 //! `ffprobe` reading recordings over HTTP.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::convert::Infallible;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::common::{Harness, sample_key};
 use bytes::Bytes;
-use common::{Harness, sample_key};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use s3edge::demo::{self, REGIONS};
 use s3edge::route::FileKind;
+use s3edge_testbed::REGIONS;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -78,7 +74,7 @@ const step = (name) => {{ out.step = name; }};
         mp4 = key(FileKind::Processed),
         raw = key(FileKind::Raw),
         jpg = key(FileKind::Snapshot),
-        account = demo::SAMPLE_ACCOUNT,
+        account = s3edge_testbed::SAMPLE_ACCOUNT,
     )
 }
 
@@ -182,7 +178,7 @@ async fn chromium_plays_video_and_reads_range_cross_origin() {
     // A readable pixel proves the crossorigin video did not taint the canvas.
     assert_eq!(out["pixel"].as_array().unwrap().len(), 4, "{report}");
 
-    let raw = demo::sample_file(FileKind::Raw);
+    let raw = s3edge_testbed::sample_file(FileKind::Raw);
     assert_eq!(out["fetchStatus"], 206, "{report}");
     assert_eq!(
         out["contentRange"],

@@ -1,0 +1,26 @@
+//! The integration tests, one binary: real S3 backends (s3s-fs in process, moto), the
+//! gateway on loopback (in process or as the `s3edge` binary), real clients.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    dead_code,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod common;
+
+mod cache;
+mod clients;
+mod cors;
+mod credentials;
+mod faults;
+mod limits;
+mod moto;
+mod observability;
+mod process;
+mod properties;
+mod range;
+mod routing;
+mod tls;
+mod upstream;
