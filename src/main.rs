@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use s3edge::config::Config;
+use s3edge::config::{Config, ConfigErrors};
 use s3edge::logging::LogFormat;
 
 /// mimalloc, measured with benches/load/load_fault.sh (10,000 connections, same machine):
@@ -59,7 +59,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("s3edge: {e:#}");
+            match e.downcast_ref::<ConfigErrors>() {
+                // One problem per line, as editors and CI logs read them, then a count.
+                Some(problems) => {
+                    eprintln!("{problems}");
+                    let n = problems.0.len();
+                    let plural = if n == 1 { "" } else { "s" };
+                    eprintln!("s3edge: {n} problem{plural} in the configuration");
+                }
+                None => eprintln!("s3edge: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -17,7 +17,7 @@ use crate::service::LiveGateway;
 pub enum ReloadError {
     /// The file does not parse or validate.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::config::ConfigErrors),
     /// A certificate or key could not be loaded.
     #[error("certificates: {0}")]
     Certificates(#[source] std::io::Error),

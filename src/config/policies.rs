@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
-use super::{ConfigError, Validator};
+use super::document::Section;
 
 /// Upstream time limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,161 +108,119 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawTimeouts {
-    #[serde(default, with = "humantime_serde")]
-    connect: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    response_head: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    body_idle: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pool_idle: Option<Duration>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawRetry {
-    attempts: Option<u32>,
-    #[serde(default, with = "humantime_serde")]
-    backoff: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    max_backoff: Option<Duration>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawCircuit {
-    failures: Option<u32>,
-    #[serde(default, with = "humantime_serde")]
-    open_for: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    max_open_for: Option<Duration>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawLimits {
-    max_connections: Option<usize>,
-    max_header_bytes: Option<bytesize::ByteSize>,
-    max_uri_bytes: Option<usize>,
-    #[serde(default, with = "humantime_serde")]
-    header_read_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    keep_alive_idle: Option<Duration>,
-    h2_max_streams: Option<u32>,
-    h2_stream_window: Option<bytesize::ByteSize>,
-    h2_connection_window: Option<bytesize::ByteSize>,
-}
-
-impl Validator<'_> {
-    /// `[timeouts]` or `[regions.X.timeouts]`: unset keys take `defaults`.
-    pub(super) fn timeouts(
-        &self,
-        table: &str,
-        raw: &RawTimeouts,
-        defaults: Timeouts,
-    ) -> Result<Timeouts, ConfigError> {
-        let timeouts = Timeouts {
-            connect: raw.connect.unwrap_or(defaults.connect),
-            response_head: raw.response_head.unwrap_or(defaults.response_head),
-            body_idle: raw.body_idle.unwrap_or(defaults.body_idle),
-            pool_idle: raw.pool_idle.unwrap_or(defaults.pool_idle),
-        };
-        for (key, value) in [
-            ("connect", timeouts.connect),
-            ("response_head", timeouts.response_head),
-            ("body_idle", timeouts.body_idle),
-        ] {
-            if value.is_zero() {
-                return Err(self.err(format!("{table}.{key}"), "must be greater than zero"));
-            }
+/// `[timeouts]` or `[regions.X.timeouts]`: unset keys take `defaults`.
+pub(super) fn timeouts(t: Option<&Section<'_, '_>>, defaults: Timeouts) -> Timeouts {
+    let Some(t) = t else {
+        return defaults;
+    };
+    let positive = |name: &str, default: Duration| match t.duration(name) {
+        Some(d) if d.is_zero() => {
+            t.problem(name, "must be greater than zero");
+            default
         }
-        Ok(timeouts)
+        Some(d) => d,
+        None => default,
+    };
+    let timeouts = Timeouts {
+        connect: positive("connect", defaults.connect),
+        response_head: positive("response_head", defaults.response_head),
+        body_idle: positive("body_idle", defaults.body_idle),
+        pool_idle: t.duration("pool_idle").unwrap_or(defaults.pool_idle),
+    };
+    t.finish();
+    timeouts
+}
+
+/// `[retry]`.
+pub(super) fn retry(t: Option<&Section<'_, '_>>) -> RetryPolicy {
+    let d = RetryPolicy::default();
+    let Some(t) = t else {
+        return d;
+    };
+    let retry = RetryPolicy {
+        attempts: t
+            .number("attempts", 1..=10)
+            .map_or(d.attempts, |n| n as u32),
+        backoff: t.duration("backoff").unwrap_or(d.backoff),
+        max_backoff: t.duration("max_backoff").unwrap_or(d.max_backoff),
+    };
+    if retry.max_backoff < retry.backoff {
+        t.problem("max_backoff", "must not be below retry.backoff");
     }
+    t.finish();
+    retry
+}
 
-    pub(super) fn retry(&self, raw: RawRetry) -> Result<RetryPolicy, ConfigError> {
-        let d = RetryPolicy::default();
-        let retry = RetryPolicy {
-            attempts: raw.attempts.unwrap_or(d.attempts),
-            backoff: raw.backoff.unwrap_or(d.backoff),
-            max_backoff: raw.max_backoff.unwrap_or(d.max_backoff),
-        };
-        if !(1..=10).contains(&retry.attempts) {
-            return Err(self.err("retry.attempts", "must be between 1 and 10"));
-        }
-        if retry.max_backoff < retry.backoff {
-            return Err(self.err("retry.max_backoff", "must not be below retry.backoff"));
-        }
-        Ok(retry)
+/// `[circuit]`.
+pub(super) fn circuit(t: Option<&Section<'_, '_>>) -> CircuitPolicy {
+    let d = CircuitPolicy::default();
+    let Some(t) = t else {
+        return d;
+    };
+    let circuit = CircuitPolicy {
+        failures: t
+            .number("failures", 0..=u64::from(u32::MAX))
+            .map_or(d.failures, |n| n as u32),
+        open_for: t.duration("open_for").unwrap_or(d.open_for),
+        max_open_for: t.duration("max_open_for").unwrap_or(d.max_open_for),
+    };
+    if circuit.open_for.is_zero() {
+        t.problem("open_for", "must be greater than zero");
     }
-
-    pub(super) fn circuit(&self, raw: RawCircuit) -> Result<CircuitPolicy, ConfigError> {
-        let d = CircuitPolicy::default();
-        let circuit = CircuitPolicy {
-            failures: raw.failures.unwrap_or(d.failures),
-            open_for: raw.open_for.unwrap_or(d.open_for),
-            max_open_for: raw.max_open_for.unwrap_or(d.max_open_for),
-        };
-        if circuit.open_for.is_zero() {
-            return Err(self.err("circuit.open_for", "must be greater than zero"));
-        }
-        if circuit.max_open_for < circuit.open_for {
-            return Err(self.err("circuit.max_open_for", "must not be below open_for"));
-        }
-        Ok(circuit)
+    if circuit.max_open_for < circuit.open_for {
+        t.problem("max_open_for", "must not be below open_for");
     }
+    t.finish();
+    circuit
+}
 
-    pub(super) fn limits(&self, raw: RawLimits) -> Result<Limits, ConfigError> {
-        let d = Limits::default();
-        let size = |v: Option<bytesize::ByteSize>, default: u64| v.map_or(default, |b| b.as_u64());
-        let window = |key: &str, v: Option<bytesize::ByteSize>, default: u32| {
-            u32::try_from(size(v, u64::from(default)))
-                .ok()
-                .filter(|w| (65_535..=i32::MAX as u32).contains(w))
-                .ok_or_else(|| self.err(key, "must be between 64 KiB and 2 GiB"))
-        };
-        let limits = Limits {
-            max_connections: raw.max_connections.unwrap_or(d.max_connections),
-            max_header_bytes: usize::try_from(size(raw.max_header_bytes, 16 * 1024))
-                .unwrap_or(usize::MAX),
-            max_uri_bytes: raw.max_uri_bytes.unwrap_or(d.max_uri_bytes),
-            header_read_timeout: raw.header_read_timeout.unwrap_or(d.header_read_timeout),
-            keep_alive_idle: raw.keep_alive_idle.unwrap_or(d.keep_alive_idle),
-            h2_max_streams: raw.h2_max_streams.unwrap_or(d.h2_max_streams),
-            h2_stream_window: window(
-                "limits.h2_stream_window",
-                raw.h2_stream_window,
-                d.h2_stream_window,
-            )?,
-            h2_connection_window: window(
-                "limits.h2_connection_window",
-                raw.h2_connection_window,
-                d.h2_connection_window,
-            )?,
-        };
-        if limits.max_connections == 0 {
-            return Err(self.err("limits.max_connections", "must be at least 1"));
+/// `[limits]`.
+pub(super) fn limits(t: Option<&Section<'_, '_>>) -> Limits {
+    let d = Limits::default();
+    let Some(t) = t else {
+        return d;
+    };
+    let window = |name: &str, default: u32| match t.size(name) {
+        Some(w) if (65_535..=i32::MAX as u64).contains(&w) => w as u32,
+        Some(_) => {
+            t.problem(name, "must be between 64 KiB and 2 GiB");
+            default
         }
+        None => default,
+    };
+    let max_header_bytes = match t.size("max_header_bytes") {
         // hyper's HTTP/1.1 read buffer cannot be smaller than 8 KiB.
-        if !(8192..=1024 * 1024).contains(&limits.max_header_bytes) {
-            return Err(self.err("limits.max_header_bytes", "must be between 8 KiB and 1 MiB"));
+        Some(n) if (8192..=1024 * 1024).contains(&n) => n as usize,
+        Some(_) => {
+            t.problem("max_header_bytes", "must be between 8 KiB and 1 MiB");
+            d.max_header_bytes
         }
-        if !(64..=65_535).contains(&limits.max_uri_bytes) {
-            return Err(self.err("limits.max_uri_bytes", "must be between 64 and 65535"));
+        None => d.max_header_bytes,
+    };
+    let positive = |name: &str, default: Duration| match t.duration(name) {
+        Some(v) if v.is_zero() => {
+            t.problem(name, "must be greater than zero");
+            default
         }
-        for (key, value) in [
-            ("limits.header_read_timeout", limits.header_read_timeout),
-            ("limits.keep_alive_idle", limits.keep_alive_idle),
-        ] {
-            if value.is_zero() {
-                return Err(self.err(key, "must be greater than zero"));
-            }
-        }
-        if limits.h2_max_streams == 0 {
-            return Err(self.err("limits.h2_max_streams", "must be at least 1"));
-        }
-        Ok(limits)
-    }
+        Some(v) => v,
+        None => default,
+    };
+    let limits = Limits {
+        max_connections: t
+            .number("max_connections", 1..=10_000_000)
+            .map_or(d.max_connections, |n| n as usize),
+        max_header_bytes,
+        max_uri_bytes: t
+            .number("max_uri_bytes", 64..=65_535)
+            .map_or(d.max_uri_bytes, |n| n as usize),
+        header_read_timeout: positive("header_read_timeout", d.header_read_timeout),
+        keep_alive_idle: positive("keep_alive_idle", d.keep_alive_idle),
+        h2_max_streams: t
+            .number("h2_max_streams", 1..=u64::from(u32::MAX))
+            .map_or(d.h2_max_streams, |n| n as u32),
+        h2_stream_window: window("h2_stream_window", d.h2_stream_window),
+        h2_connection_window: window("h2_connection_window", d.h2_connection_window),
+    };
+    t.finish();
+    limits
 }
