@@ -12,7 +12,7 @@ use crate::metrics::RegionMetrics;
 
 /// One region's breaker.
 #[derive(Debug)]
-pub struct Circuit {
+pub(crate) struct Circuit {
     policy: CircuitPolicy,
     /// Consecutive failures since the last success.
     failures: AtomicU32,
@@ -31,11 +31,11 @@ struct OpenState {
 
 /// The circuit is open: the region is not asked.
 #[derive(Debug, Clone, Copy)]
-pub struct CircuitOpen;
+pub(crate) struct CircuitOpen;
 
 impl Circuit {
     /// A closed breaker.
-    pub fn new(policy: CircuitPolicy, metrics: RegionMetrics) -> Circuit {
+    pub(crate) fn new(policy: CircuitPolicy, metrics: RegionMetrics) -> Circuit {
         Circuit {
             policy,
             failures: AtomicU32::new(0),
@@ -49,7 +49,7 @@ impl Circuit {
     }
 
     /// Whether a request may go upstream now. While open, only one trial per cool-down passes.
-    pub fn admit(&self) -> Result<(), CircuitOpen> {
+    pub(crate) fn admit(&self) -> Result<(), CircuitOpen> {
         if !self.open.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -67,7 +67,7 @@ impl Circuit {
     }
 
     /// Records a request that reached the backend and got a usable answer.
-    pub fn success(&self) {
+    pub(crate) fn success(&self) {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
         }
@@ -81,7 +81,7 @@ impl Circuit {
     }
 
     /// Records a failed request (unreachable, timed out, 5xx after retries).
-    pub fn failure(&self) {
+    pub(crate) fn failure(&self) {
         let failures = self
             .failures
             .fetch_add(1, Ordering::Relaxed)
@@ -112,7 +112,7 @@ impl Circuit {
     }
 
     /// Whether requests currently fail fast.
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.open.load(Ordering::Acquire)
     }
 }

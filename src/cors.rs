@@ -13,7 +13,7 @@ use crate::error::GatewayError;
 
 /// Pre-built CORS header values.
 #[derive(Debug, Clone)]
-pub struct Cors {
+pub(crate) struct Cors {
     allow_origin: HeaderValue,
     allow_methods: HeaderValue,
     allow_headers: HeaderValue,
@@ -23,7 +23,7 @@ pub struct Cors {
 
 impl Cors {
     /// Builds header values once; the config was validated, so invalid values cannot occur.
-    pub fn new(config: &CorsConfig) -> Result<Self, http::header::InvalidHeaderValue> {
+    pub(crate) fn new(config: &CorsConfig) -> Result<Self, http::header::InvalidHeaderValue> {
         Ok(Cors {
             allow_origin: HeaderValue::from_str(&config.allow_origin)?,
             allow_methods: HeaderValue::from_str(&config.allow_methods)?,
@@ -35,7 +35,7 @@ impl Cors {
 
     /// Decorates any response: CORS headers when the request had `Origin`, and `Vary: Origin`
     /// always, so a shared cache never hands a CORS-less copy to a browser.
-    pub fn apply(&self, request_has_origin: bool, headers: &mut HeaderMap) {
+    pub(crate) fn apply(&self, request_has_origin: bool, headers: &mut HeaderMap) {
         headers.append(VARY, HeaderValue::from_static("Origin"));
         if request_has_origin {
             headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, self.allow_origin.clone());
@@ -47,7 +47,7 @@ impl Cors {
 
     /// Answers a preflight locally: allowed for GET and HEAD, refused for anything else.
     /// Returns the extra headers of the 204 answer.
-    pub fn preflight(&self, request: &HeaderMap) -> Result<HeaderMap, GatewayError> {
+    pub(crate) fn preflight(&self, request: &HeaderMap) -> Result<HeaderMap, GatewayError> {
         if !request.contains_key(ORIGIN) {
             return Err(GatewayError::PreflightRefused("no Origin header"));
         }
@@ -69,6 +69,6 @@ impl Cors {
 }
 
 /// Whether the request carries an `Origin` header.
-pub fn has_origin(headers: &HeaderMap) -> bool {
+pub(crate) fn has_origin(headers: &HeaderMap) -> bool {
     headers.contains_key(ORIGIN)
 }

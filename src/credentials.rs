@@ -24,7 +24,7 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
 
 /// The identity requests of one region are signed with.
 #[derive(Debug)]
-pub struct SigningCredentials {
+pub(crate) struct SigningCredentials {
     /// `None` until a dynamic source answered for the first time.
     current: Arc<ArcSwapOption<Identity>>,
 }
@@ -32,7 +32,7 @@ pub struct SigningCredentials {
 impl SigningCredentials {
     /// Static credentials at once; for a dynamic source, starts the refresh task (it ends
     /// when these credentials are dropped, for example after a reload).
-    pub fn new(region: &RegionConfig) -> Self {
+    pub(crate) fn new(region: &RegionConfig) -> Self {
         let current = Arc::new(ArcSwapOption::empty());
         if region.credential_source == CredentialSource::Static {
             let c = &region.credentials;
@@ -64,7 +64,7 @@ impl SigningCredentials {
     }
 
     /// The identity to sign with now, if any.
-    pub fn current(&self) -> Option<Arc<Identity>> {
+    pub(crate) fn current(&self) -> Option<Arc<Identity>> {
         self.current.load_full()
     }
 }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 /// When a connection last moved a byte, in milliseconds since it opened.
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
     /// The client has sent a byte (before that, the header read limit applies).
@@ -36,14 +36,14 @@ impl Activity {
 
 /// A socket that records its activity.
 #[derive(Debug)]
-pub struct IdleTracked<S> {
+pub(crate) struct IdleTracked<S> {
     inner: S,
     activity: Arc<Activity>,
 }
 
 impl<S> IdleTracked<S> {
     /// Wraps `inner`; the returned handle is read by [`idle_for`].
-    pub fn new(inner: S) -> (Self, Arc<Activity>) {
+    pub(crate) fn new(inner: S) -> (Self, Arc<Activity>) {
         let activity = Arc::new(Activity {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
@@ -117,7 +117,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTracked<S> {
 
 /// Resolves once no byte has moved for `idle`, or when the client has sent nothing at all
 /// within `first_byte` (protocol detection waits for a first byte without a timer of its own).
-pub async fn idle_for(activity: &Activity, idle: Duration, first_byte: Duration) {
+pub(crate) async fn idle_for(activity: &Activity, idle: Duration, first_byte: Duration) {
     loop {
         let limit = if activity.heard.load(Ordering::Relaxed) {
             idle

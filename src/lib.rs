@@ -1,44 +1,44 @@
 //! s3edge: an edge gateway in front of the recording buckets.
 //!
-//! # Layout (the data path, in order)
+//! # Layout (dependencies point down this list: nothing imports a module above it)
 //! - [`server`]: listeners (plain HTTP, HTTPS with SNI, HTTP/1.1 and HTTP/2), client limits,
-//!   graceful shutdown; [`idle`]: the keep-alive idle limit.
-//! - [`service`]: one request through its phases: method → route → upstream → response → CORS.
-//! - [`route`]: Host and path → a typed [`route::ObjectRef`]; the only URL parser.
+//!   graceful shutdown; `idle`: the keep-alive idle limit. [`admin`]: health, readiness,
+//!   metrics and purge on a separate listener; `reload`: SIGHUP swaps in a new config.
+//! - [`service`]: one request through its phases: method → route → cache or relay →
+//!   response headers → CORS (`cors`).
 //! - [`cache`]: the in-memory edge cache: metadata, chunks, collapsed fetches, freshness.
-//! - [`range`]: Range, If-Range and precondition arithmetic.
-//! - [`upstream`]: per-region pooled client, SigV4 signing, retries, idle-limited bodies.
-//! - [`circuit`]: the per-region circuit breaker; [`credentials`]: signing credentials and
-//!   their refresh.
-//! - [`body`]: the one response body type, and the access log written when it ends.
-//! - [`cors`]: CORS headers and preflights.
-//! - [`error`]: the one request-path error type and its responses.
-//! - [`config`]: TOML → validated [`config::Config`].
-//! - [`policy`]: storage class and encryption of writes.
-//! - [`reload`]: SIGHUP re-reads the config and swaps it in atomically.
-//! - [`admin`]: health, readiness, metrics and purge on a separate (loopback) listener.
-//! - [`metrics`]: the Prometheus series.
-//! - [`logging`]: log output of the binary (text or JSON, colour only on a terminal).
+//! - [`upstream`]: per-region client, SigV4 signing, fetch with retries, status → error;
+//!   `circuit`: the per-region circuit breaker; `credentials`: signing identities and their
+//!   refresh.
+//! - `respond`: the responses the gateway writes itself (304, 412, 416, errors).
+//! - `body`: the one response body type, the backend's idle-limited body, the access log.
+//! - [`conditional`]: preconditions, If-Range, the headers forwarded upstream;
+//!   [`range`]: Range arithmetic; [`route`]: Host and path → [`route::ObjectRef`], the only
+//!   URL parser.
+//! - [`metrics`]: the Prometheus series; `error`: the request-path [`GatewayError`] and
+//!   the start-up [`StartupError`].
+//! - [`config`]: TOML → validated [`config::Config`]; [`policy`]: storage class and
+//!   encryption of writes; [`logging`]: the binaries' log output.
 //!
 //! The demo and the embedded S3 backends of the tests live in the `s3edge-testbed` crate of
 //! this workspace: the deployable build links no S3 server code.
 
 pub mod admin;
-pub mod body;
+pub(crate) mod body;
 pub mod cache;
-pub mod circuit;
+pub(crate) mod circuit;
 pub mod conditional;
 pub mod config;
-pub mod cors;
-pub mod credentials;
-pub mod error;
-pub mod idle;
+pub(crate) mod cors;
+pub(crate) mod credentials;
+pub(crate) mod error;
+pub(crate) mod idle;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod range;
-pub mod reload;
-pub mod respond;
+pub(crate) mod reload;
+pub(crate) mod respond;
 pub mod route;
 pub mod server;
 pub mod service;
@@ -49,7 +49,7 @@ use std::future::Future;
 use tokio::net::TcpListener;
 
 use config::Config;
-pub use error::StartupError;
+pub use error::{GatewayError, StartupError};
 use server::Listener;
 use service::Gateway;
 

@@ -14,7 +14,7 @@ use crate::service::LiveGateway;
 
 /// Why a reload was refused (the old config is still serving).
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
+pub(crate) enum ReloadError {
     /// The file does not parse or validate.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigErrors),
@@ -31,7 +31,7 @@ pub enum ReloadError {
 
 /// Re-reads a config file into a running gateway.
 #[derive(Debug)]
-pub struct Reloader {
+pub(crate) struct Reloader {
     path: PathBuf,
     live: LiveGateway,
     certs: Option<CertStore>,
@@ -40,7 +40,12 @@ pub struct Reloader {
 
 impl Reloader {
     /// A reloader for the gateway started from `config`, read from `path`.
-    pub fn new(path: PathBuf, config: Config, live: LiveGateway, certs: Option<CertStore>) -> Self {
+    pub(crate) fn new(
+        path: PathBuf,
+        config: Config,
+        live: LiveGateway,
+        certs: Option<CertStore>,
+    ) -> Self {
         Reloader {
             path,
             live,
@@ -50,7 +55,7 @@ impl Reloader {
     }
 
     /// Reads the file and swaps in the new config, or leaves everything as it was.
-    pub async fn reload(&self) -> Result<(), ReloadError> {
+    pub(crate) async fn reload(&self) -> Result<(), ReloadError> {
         let path = self.path.clone();
         let certs = self.certs.clone();
         // File reads stay off the async workers.
@@ -90,14 +95,14 @@ impl Reloader {
 
 /// The SIGHUP stream, registered as soon as it is created.
 #[derive(Debug)]
-pub struct Hangups {
+pub(crate) struct Hangups {
     #[cfg(unix)]
     signal: Option<tokio::signal::unix::Signal>,
 }
 
 impl Hangups {
     /// Starts catching SIGHUP (which would otherwise end the process).
-    pub fn register() -> Hangups {
+    pub(crate) fn register() -> Hangups {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -122,7 +127,7 @@ impl Hangups {
 }
 
 /// Reloads on every SIGHUP until `stop` turns true.
-pub async fn on_sighup(
+pub(crate) async fn on_sighup(
     reloader: Arc<Reloader>,
     mut hangups: Hangups,
     mut stop: watch::Receiver<bool>,

@@ -8,10 +8,10 @@ use crate::body::ResponseBody;
 use crate::error::GatewayError;
 
 /// The methods the gateway answers (`Allow` of 405s and preflights).
-pub const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
+pub(crate) const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
 
 /// A response of our own: a status and a fixed short text, never backend detail.
-pub fn short_response(status: StatusCode, message: &'static str) -> Response<ResponseBody> {
+pub(crate) fn short_response(status: StatusCode, message: &'static str) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(message));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -22,20 +22,20 @@ pub fn short_response(status: StatusCode, message: &'static str) -> Response<Res
 }
 
 /// `304 Not Modified`, no body (the caller adds the validators).
-pub fn not_modified() -> Response<ResponseBody> {
+pub(crate) fn not_modified() -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::empty());
     *response.status_mut() = StatusCode::NOT_MODIFIED;
     response
 }
 
 /// `412 Precondition Failed`.
-pub fn precondition_failed() -> Response<ResponseBody> {
+pub(crate) fn precondition_failed() -> Response<ResponseBody> {
     short_response(StatusCode::PRECONDITION_FAILED, "precondition failed\n")
 }
 
 /// `416 Range Not Satisfiable` with `Content-Range: bytes */{length}` when the length is
 /// known (from the cache, or the backend's own header).
-pub fn range_not_satisfiable(content_range: Option<HeaderValue>) -> Response<ResponseBody> {
+pub(crate) fn range_not_satisfiable(content_range: Option<HeaderValue>) -> Response<ResponseBody> {
     let mut response = short_response(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
     if let Some(value) = content_range {
         response.headers_mut().insert(CONTENT_RANGE, value);
@@ -44,17 +44,17 @@ pub fn range_not_satisfiable(content_range: Option<HeaderValue>) -> Response<Res
 }
 
 /// `bytes */{length}`: the `Content-Range` of a 416.
-pub fn unsatisfied_range(length: u64) -> Option<HeaderValue> {
+pub(crate) fn unsatisfied_range(length: u64) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("bytes */{length}")).ok()
 }
 
 /// `bytes {first}-{last}/{length}`: the `Content-Range` of a 206.
-pub fn content_range(first: u64, last: u64, length: u64) -> Option<HeaderValue> {
+pub(crate) fn content_range(first: u64, last: u64, length: u64) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("bytes {first}-{last}/{length}")).ok()
 }
 
 /// The client's view of an error: status and a fixed short text.
-pub fn error_response(error: &GatewayError) -> Response<ResponseBody> {
+pub(crate) fn error_response(error: &GatewayError) -> Response<ResponseBody> {
     let mut response = short_response(error.status(), error.public_message());
     match error {
         GatewayError::MethodNotAllowed => {

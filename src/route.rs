@@ -1,7 +1,14 @@
-//! The only URL parser: resolves Host and path once, at the edge, into a typed [`Route`].
+//! The only URL parser: resolves Host and path once, at the edge, into a typed
+//! [`ObjectRef`] (region index, key, file kind).
 //!
-//! Only the four file kinds of a recording are admitted. Everything else is refused here,
-//! before any backend is contacted.
+//! Only the four file kinds of a recording are admitted; everything else is refused here,
+//! before any backend is contacted, by one rule:
+//! - **400**: the path is malformed: no leading `/`, an empty segment (`//`, a trailing
+//!   `/`), a `.` or `..` segment, a percent-encoded byte, or an account hash or name with
+//!   characters outside `A-Z a-z 0-9 _ -` or longer than [`MAX_SEGMENT_LEN`];
+//! - **404**: the path is well formed but names no file: a bare `/`, too few or too many
+//!   segments, an unknown region prefix, an unknown Host without a prefix, or a suffix that
+//!   is not one of the four.
 
 use std::fmt;
 use std::sync::Arc;

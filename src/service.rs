@@ -1,5 +1,7 @@
-//! One request through the phases, top to bottom:
-//! method → route → conditional translation → signed upstream fetch → response headers → CORS.
+//! One request through the phases, top to bottom: method and target checks → route → the
+//! cache (which answers or says why it bypasses) → else the relay: conditional translation,
+//! signed upstream fetch, the backend's answer mapped to the client's → CORS → the access
+//! log, written when the body ends.
 
 use std::sync::Arc;
 use std::time::Instant;

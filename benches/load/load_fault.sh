@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Load + fault drill against a release build, loopback only, bounded in time:
-#   1. a seeded backend (`s3edge backend`, 2,000 recordings of 256 KiB) and the gateway
+#   1. a seeded backend (`s3edge-testbed backend`, 2,000 recordings of 256 KiB) and the gateway
 #      (256 MiB cache, admin on loopback);
 #   2. a warm-up, then the RSS baseline;
 #   3. CONNS (10,000) concurrent keep-alive connections of mixed hits, misses and ranges
@@ -24,8 +24,9 @@ admin_port=$((PORT_BASE + 90))
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
-(cd "$root" && cargo build --release --quiet)
+(cd "$root" && cargo build --release --quiet --workspace)
 bin="$root/target/release/s3edge"
+testbed="$root/target/release/s3edge-testbed"
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -47,7 +48,7 @@ wait_port() {
 }
 
 start_backend() {
-  "$bin" --log-format json backend --listen "127.0.0.1:$backend_port" --data "$work/data" \
+  "$testbed" --log-format json backend --listen "127.0.0.1:$backend_port" --data "$work/data" \
     --seed 2000 --object-size 256KiB >>"$work/backend.log" 2>&1 &
   backend_pid=$!
   pids+=("$backend_pid")

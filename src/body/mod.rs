@@ -5,8 +5,8 @@
 //! - [`upstream`]: the backend's body under an idle limit ([`UpstreamBody`]).
 //! - [`log`]: the access log record and the cache's outcome as the log and metrics see it.
 
-pub mod log;
-pub mod upstream;
+pub(crate) mod log;
+pub(crate) mod upstream;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -15,8 +15,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
-pub use log::{AccessLog, CacheResult};
-pub use upstream::{InFlightGuard, UpstreamBody, UpstreamBodyError};
+pub(crate) use log::{AccessLog, CacheResult};
+pub(crate) use upstream::{InFlightGuard, UpstreamBody};
 
 /// The producer of a streamed body failed before its end: the response is cut, never
 /// completed short.
@@ -41,7 +41,7 @@ enum Kind {
 }
 
 /// Why a body stream ended early.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ResponseBody {
     /// No body (HEAD, 204, 304).

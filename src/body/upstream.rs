@@ -102,11 +102,11 @@ impl Body for UpstreamBody {
 
 /// Counts an upstream request in flight until dropped.
 #[derive(Debug)]
-pub struct InFlightGuard(Gauge);
+pub(crate) struct InFlightGuard(Gauge);
 
 impl InFlightGuard {
     /// Starts counting.
-    pub fn new(gauge: &Gauge) -> Self {
+    pub(crate) fn new(gauge: &Gauge) -> Self {
         gauge.inc();
         InFlightGuard(gauge.clone())
     }

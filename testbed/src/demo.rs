@@ -22,8 +22,10 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::ne
 /// How the demo is started.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// Where the gateway listens; `None`: [`DEFAULT_LISTEN`], or a free port when it is taken.
+    /// Where the gateway listens; `None`: `default_listen`, or a free port when it is taken.
     pub listen: Option<SocketAddr>,
+    /// The address tried first when `listen` is not given ([`DEFAULT_LISTEN`]).
+    pub default_listen: SocketAddr,
     /// Where the backends keep their data (`None`: a temporary folder, removed at exit).
     pub data: Option<PathBuf>,
 }
@@ -56,7 +58,7 @@ impl Demo {
         };
         let backends = Backends::start(&root).await?;
         crate::upload_sample(&backends.regions).await?;
-        let (tcp, fallback_from) = bind_gateway(options.listen).await?;
+        let (tcp, fallback_from) = bind_gateway(options.listen, options.default_listen).await?;
         let addr = tcp.local_addr()?;
         let admin_tcp = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
         let admin = admin_tcp.local_addr()?;
@@ -106,6 +108,7 @@ impl Demo {
 /// free one when the default is taken.
 async fn bind_gateway(
     listen: Option<SocketAddr>,
+    default: SocketAddr,
 ) -> anyhow::Result<(TcpListener, Option<SocketAddr>)> {
     if let Some(addr) = listen {
         let tcp = TcpListener::bind(addr).await.map_err(|e| {
@@ -113,14 +116,14 @@ async fn bind_gateway(
         })?;
         return Ok((tcp, None));
     }
-    match TcpListener::bind(DEFAULT_LISTEN).await {
+    match TcpListener::bind(default).await {
         Ok(tcp) => Ok((tcp, None)),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            let tcp = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
-            Ok((tcp, Some(DEFAULT_LISTEN)))
+            let tcp = TcpListener::bind((default.ip(), 0)).await?;
+            Ok((tcp, Some(default)))
         }
         Err(e) => Err(anyhow::anyhow!(
-            "cannot listen on {DEFAULT_LISTEN}: {e}; choose another with --listen"
+            "cannot listen on {default}: {e}; choose another with --listen"
         )),
     }
 }

@@ -85,7 +85,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Demo { listen, data } => run_demo(DemoOptions { listen, data }).await,
+            Command::Demo { listen, data } => {
+                run_demo(DemoOptions {
+                    listen,
+                    default_listen: s3edge_testbed::demo::DEFAULT_LISTEN,
+                    data,
+                })
+                .await
+            }
             Command::Backend(args) => run_backend(args).await,
         }
     });

@@ -14,6 +14,7 @@ mod cache;
 mod clients;
 mod cors;
 mod credentials;
+mod demo;
 mod faults;
 mod limits;
 mod moto;

@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::process::{
-    BIN, get_fresh, signal, spawn_gateway, spawn_gateway_with_log, wait_for_log, write_config,
-    write_config_keeping_cache,
+    BIN, Spawned, get_fresh, signal, spawn_gateway, spawn_gateway_with_log, wait_for_log,
+    write_config, write_config_keeping_cache,
 };
 use crate::common::{Harness, within};
 use bytes::Bytes;
@@ -88,7 +88,7 @@ credentials = { access_key_id = "AKIA", secret_access_key = "s" }
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml: regions.eu1.endpoint"), "{err}");
+    assert!(err.contains("bad.toml:6: regions.eu1.endpoint"), "{err}");
 
     std::fs::write(&bad, text.replace("provider", "provder")).unwrap();
     let out = Command::new(BIN)
@@ -98,7 +98,8 @@ credentials = { access_key_id = "AKIA", secret_access_key = "s" }
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("regions.eu1") && err.contains("provder"),
+        err.contains("regions.eu1.provder: unknown key")
+            && err.contains("regions.eu1.provider: missing"),
         "{err}"
     );
 
@@ -431,4 +432,41 @@ async fn sighup_swaps_certificates_and_keeps_them_when_the_new_ones_are_bad() {
     assert_eq!(presented_certificate(https, &trusted).await, second_der);
     child.kill().unwrap();
     let _ = child.wait();
+}
+
+#[tokio::test]
+async fn a_log_written_to_a_file_has_no_colour_codes() {
+    let h = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &h.config, Duration::from_secs(1));
+    let log_path = dir.path().join("s3edge.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    // Text format (the default), stderr redirected to a file as a service manager does.
+    let mut child = Spawned::new(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .stderr(log)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("listening") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no log line: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("INFO"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape bytes in a log file: {text:?}"
+    );
 }

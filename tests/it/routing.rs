@@ -204,6 +204,49 @@ async fn rejected_paths_never_reach_a_backend() {
     );
 }
 
+/// The README's rule, case by case: a malformed path is 400, a well-formed path that names no
+/// file is 404, and neither reaches a bucket.
+#[tokio::test]
+async fn the_documented_rule_for_400_and_404() {
+    let h = Harness::start().await;
+    let cases: &[(&str, StatusCode)] = &[
+        // 404: well formed, but no file of ours.
+        ("/", StatusCode::NOT_FOUND),
+        ("/eu1", StatusCode::NOT_FOUND),
+        ("/eu1/H", StatusCode::NOT_FOUND),
+        ("/eu1/H/x/N.jpg", StatusCode::NOT_FOUND),
+        ("/xx9/H/N.jpg", StatusCode::NOT_FOUND),
+        ("/eu1/H/N.txt", StatusCode::NOT_FOUND),
+        ("/eu1/H/N.MP4", StatusCode::NOT_FOUND),
+        ("/H/N.jpg", StatusCode::NOT_FOUND),
+        // 400: malformed.
+        ("/eu1/", StatusCode::BAD_REQUEST),
+        ("/eu1//N.jpg", StatusCode::BAD_REQUEST),
+        ("/eu1/H/N.jpg/", StatusCode::BAD_REQUEST),
+        ("/eu1/../N.jpg", StatusCode::BAD_REQUEST),
+        ("/eu1/H/N%2Ejpg", StatusCode::BAD_REQUEST),
+        ("/eu1/H/N~1.jpg", StatusCode::BAD_REQUEST),
+        ("/eu1/H/N.x.jpg", StatusCode::BAD_REQUEST),
+    ];
+    let before = h.upstream_requests();
+    for (path, status) in cases {
+        // An unknown Host: only the path decides.
+        let reply = h.get(path, &[("host", "edge.test")]).await;
+        assert_eq!(reply.status, *status, "{path}");
+        let text = if *status == StatusCode::NOT_FOUND {
+            &b"not found\n"[..]
+        } else {
+            &b"bad request\n"[..]
+        };
+        assert_eq!(&reply.body[..], text, "{path}");
+    }
+    assert_eq!(
+        h.upstream_requests(),
+        before,
+        "a refused request reached a backend"
+    );
+}
+
 #[tokio::test]
 async fn other_methods_are_refused_with_allow() {
     let h = Harness::start().await;

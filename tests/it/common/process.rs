@@ -37,6 +37,13 @@ pub fn write_config_keeping_cache(
 /// it running.
 pub struct Spawned(Child);
 
+impl Spawned {
+    /// Guards a child started by the test itself.
+    pub fn new(child: Child) -> Self {
+        Spawned(child)
+    }
+}
+
 impl std::ops::Deref for Spawned {
     type Target = Child;
     fn deref(&self) -> &Child {
