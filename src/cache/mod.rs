@@ -4,14 +4,15 @@
 //! - [`store`]: the byte-bounded moka store of metadata and chunks.
 //! - [`probe`]: one collapsed request for an object's metadata (or its revalidation).
 //! - [`run`]: one collapsed request for a run of missing chunks.
-//! - [`cell`]: a chunk being fetched, followed by its readers; the registry of fetches.
+//! - [`inflight`]: chunks being fetched (followed by their readers), probes awaited, and
+//!   the registry of both.
 //! - [`metrics`]: the counters, and their Prometheus collector.
 //!
 //! A request: metadata (fresh, stale-while-revalidate, revalidated, or probed) → client
 //! preconditions and Range against it → a body assembled from the chunks it covers, stored or
 //! followed while they arrive.
 
-mod cell;
+mod inflight;
 pub mod metrics;
 mod probe;
 mod run;
@@ -36,7 +37,7 @@ use crate::range::{self, Span};
 use crate::respond;
 use crate::route::{FileKind, ObjectRef};
 use crate::upstream::Upstream;
-use cell::Fetches;
+use inflight::Fetches;
 use metrics::CacheMetrics;
 pub use metrics::{CacheCollector, CacheStats};
 use run::ChunkSource;

@@ -10,24 +10,13 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::sync::watch;
 
 use super::CacheInner;
-use super::cell::{claim_run, lock};
+use super::inflight::{ProbeResult, Probed, claim_run, lock};
 use super::run::{Fill, range_header};
 use super::store::{ChunkKey, MetaState, ObjectKey, ObjectMeta, StoredMeta};
 use crate::body::UpstreamBody;
 use crate::error::GatewayError;
 use crate::route::FileKind;
 use crate::upstream::{self, Upstream};
-
-/// A probe's answer: fresh metadata, and whether the backend confirmed an unchanged object.
-#[derive(Debug, Clone)]
-pub(crate) struct Probed {
-    /// The metadata now stored.
-    pub(super) meta: Arc<StoredMeta>,
-    /// The backend answered 304 to our validator.
-    pub(super) unchanged: bool,
-}
-
-pub(super) type ProbeResult = Option<Result<Probed, Arc<GatewayError>>>;
 
 /// Asks the backend about an object, once for all concurrent askers. With a validator,
 /// a 304 refreshes the stored metadata; otherwise the answer's first chunks are stored

@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 
 use super::CacheInner;
-use super::cell::{ChunkReader, Run, claim_run, lock};
+use super::inflight::{ChunkReader, Run, claim_run, lock};
 use super::store::{ChunkKey, ObjectKey, ObjectMeta};
 use crate::body::UpstreamBody;
 use crate::upstream::{self, Upstream};

@@ -1,6 +1,7 @@
-//! One chunk being fetched, and the registry of fetches in flight: every missing chunk has
-//! exactly one fetch, which readers follow piece by piece while it arrives (the first byte
-//! never waits for the whole chunk). A failed fetch fails only the readers of that attempt.
+//! What is being fetched: every missing chunk has exactly one fetch, a cell that readers
+//! follow piece by piece while it arrives (the first byte never waits for the whole chunk);
+//! every object being probed has one probe, whose answer joiners await. A failed fetch fails
+//! only the readers of that attempt. [`Fetches`] registers both.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
-use super::probe::ProbeResult;
-use super::store::{ChunkKey, ObjectKey, Store};
+use super::store::{ChunkKey, ObjectKey, Store, StoredMeta};
 use crate::body::StreamCut;
+use crate::error::GatewayError;
 
 /// One chunk being fetched: the frames so far, then the whole chunk or a failure.
 #[derive(Debug)]
@@ -127,6 +128,17 @@ impl ChunkReader {
         }
     }
 }
+
+/// A probe's answer: fresh metadata, and whether the backend confirmed an unchanged object.
+#[derive(Debug, Clone)]
+pub(crate) struct Probed {
+    /// The metadata now stored.
+    pub(super) meta: Arc<StoredMeta>,
+    /// The backend answered 304 to our validator.
+    pub(super) unchanged: bool,
+}
+
+pub(super) type ProbeResult = Option<Result<Probed, Arc<GatewayError>>>;
 
 /// Fetches in flight, so concurrent misses share one.
 #[derive(Debug, Default)]
