@@ -227,6 +227,16 @@ impl<'d, 'a> Section<'d, 'a> {
         }
     }
 
+    /// A duration that must be longer than zero.
+    pub(super) fn positive_duration(&self, name: &str) -> Option<Duration> {
+        let d = self.duration(name)?;
+        if d.is_zero() {
+            self.problem(name, "must be greater than zero");
+            return None;
+        }
+        Some(d)
+    }
+
     /// A size written like `"512 MiB"`, or a number of bytes.
     pub(super) fn size(&self, name: &str) -> Option<u64> {
         let value = self.value(name, "a size")?;

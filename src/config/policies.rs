@@ -113,18 +113,14 @@ pub(super) fn timeouts(t: Option<&Section<'_, '_>>, defaults: Timeouts) -> Timeo
     let Some(t) = t else {
         return defaults;
     };
-    let positive = |name: &str, default: Duration| match t.duration(name) {
-        Some(d) if d.is_zero() => {
-            t.problem(name, "must be greater than zero");
-            default
-        }
-        Some(d) => d,
-        None => default,
-    };
     let timeouts = Timeouts {
-        connect: positive("connect", defaults.connect),
-        response_head: positive("response_head", defaults.response_head),
-        body_idle: positive("body_idle", defaults.body_idle),
+        connect: t.positive_duration("connect").unwrap_or(defaults.connect),
+        response_head: t
+            .positive_duration("response_head")
+            .unwrap_or(defaults.response_head),
+        body_idle: t
+            .positive_duration("body_idle")
+            .unwrap_or(defaults.body_idle),
         pool_idle: t.duration("pool_idle").unwrap_or(defaults.pool_idle),
     };
     t.finish();
@@ -161,12 +157,9 @@ pub(super) fn circuit(t: Option<&Section<'_, '_>>) -> CircuitPolicy {
         failures: t
             .number("failures", 0..=u64::from(u32::MAX))
             .map_or(d.failures, |n| n as u32),
-        open_for: t.duration("open_for").unwrap_or(d.open_for),
+        open_for: t.positive_duration("open_for").unwrap_or(d.open_for),
         max_open_for: t.duration("max_open_for").unwrap_or(d.max_open_for),
     };
-    if circuit.open_for.is_zero() {
-        t.problem("open_for", "must be greater than zero");
-    }
     if circuit.max_open_for < circuit.open_for {
         t.problem("max_open_for", "must not be below open_for");
     }
@@ -197,14 +190,6 @@ pub(super) fn limits(t: Option<&Section<'_, '_>>) -> Limits {
         }
         None => d.max_header_bytes,
     };
-    let positive = |name: &str, default: Duration| match t.duration(name) {
-        Some(v) if v.is_zero() => {
-            t.problem(name, "must be greater than zero");
-            default
-        }
-        Some(v) => v,
-        None => default,
-    };
     let limits = Limits {
         max_connections: t
             .number("max_connections", 1..=10_000_000)
@@ -213,8 +198,12 @@ pub(super) fn limits(t: Option<&Section<'_, '_>>) -> Limits {
         max_uri_bytes: t
             .number("max_uri_bytes", 64..=65_535)
             .map_or(d.max_uri_bytes, |n| n as usize),
-        header_read_timeout: positive("header_read_timeout", d.header_read_timeout),
-        keep_alive_idle: positive("keep_alive_idle", d.keep_alive_idle),
+        header_read_timeout: t
+            .positive_duration("header_read_timeout")
+            .unwrap_or(d.header_read_timeout),
+        keep_alive_idle: t
+            .positive_duration("keep_alive_idle")
+            .unwrap_or(d.keep_alive_idle),
         h2_max_streams: t
             .number("h2_max_streams", 1..=u64::from(u32::MAX))
             .map_or(d.h2_max_streams, |n| n as u32),
