@@ -162,7 +162,10 @@ fn retry_delay(failures: u32, valid_for: Option<Duration>) -> Duration {
     }
 }
 
-async fn provider(source: &CredentialSource, signing_region: &str) -> SharedCredentialsProvider {
+pub(crate) async fn provider(
+    source: &CredentialSource,
+    signing_region: &str,
+) -> SharedCredentialsProvider {
     use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))

@@ -87,6 +87,9 @@ pub enum StartupError {
         /// What is wrong.
         reason: String,
     },
+    /// The push service could not start (spool, database).
+    #[error("push: {0}")]
+    Push(String),
     /// A CORS header value is not a valid header.
     #[error("cors: {0} is not a valid header value")]
     Cors(&'static str),

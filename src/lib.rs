@@ -20,6 +20,9 @@
 //! - [`config`]: TOML → validated [`config::Config`]; [`policy`]: storage class and
 //!   encryption of writes; [`logging`]: the binaries' log output.
 //!
+//! The write side, [`push`], stands beside the read path (it shares `config`, `route`,
+//! `policy` and `credentials`, and purges edges through their admin listeners).
+//!
 //! The demo and the embedded S3 backends of the tests live in the `s3edge-testbed` crate of
 //! this workspace: the deployable build links no S3 server code.
 
@@ -36,6 +39,7 @@ pub(crate) mod idle;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod push;
 pub mod range;
 pub(crate) mod reload;
 pub(crate) mod respond;
@@ -61,6 +65,8 @@ pub struct Bound {
     pub certs: Option<server::CertStore>,
     /// The admin listener, when the config has one.
     pub admin: Option<TcpListener>,
+    /// The push API's listener, when this node runs the push service.
+    pub push: Option<TcpListener>,
 }
 
 /// Binds every listener of the config (HTTPS ones with their TLS acceptor, and the admin
@@ -89,10 +95,15 @@ pub async fn bind(config: &Config) -> Result<Bound, StartupError> {
         Some(admin) => Some(bind_addr(admin.listen).await?),
         None => None,
     };
+    let push = match &config.push {
+        Some(push) => Some(bind_addr(push.listen).await?),
+        None => None,
+    };
     Ok(Bound {
         listeners,
         certs,
         admin,
+        push,
     })
 }
 
@@ -114,6 +125,7 @@ pub async fn run(
         listeners,
         certs,
         admin,
+        push,
     } = bound;
     let live = service::LiveGateway::from(Gateway::new(config)?);
     let (admin_stop, admin_stop_rx) = tokio::sync::watch::channel(false);
@@ -129,6 +141,13 @@ pub async fn run(
             admin_stop_rx.clone(),
         ));
     }
+    let push_task = push.map(|listener| {
+        tokio::spawn(push::run(
+            std::sync::Arc::new(config.clone()),
+            listener,
+            admin_stop_rx.clone(),
+        ))
+    });
     if let Some(path) = config_path {
         // Registered before "listening" is logged, so a SIGHUP from then on is a reload.
         let reloader = reload::Reloader::new(path, config.clone(), live.clone(), certs);
@@ -158,6 +177,12 @@ pub async fn run(
     )
     .await;
     let _ = admin_stop.send(true);
+    if let Some(task) = push_task {
+        match task.await {
+            Ok(result) => result?,
+            Err(e) => tracing::error!(error = %e, "the push service ended abnormally"),
+        }
+    }
     Ok(())
 }
 

@@ -357,6 +357,37 @@ impl<'d, 'a> Section<'d, 'a> {
             .collect()
     }
 
+    /// A list of inline tables, `name = [{ … }, { … }]`.
+    pub(super) fn inline_tables(&self, name: &str) -> Vec<Section<'d, 'a>> {
+        let Some(value) = self.value(name, "a list of tables") else {
+            return Vec::new();
+        };
+        let Some(array) = value.as_array() else {
+            self.problem(
+                name,
+                format!("expected a list of tables, found {}", value.type_name()),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in array.iter().enumerate() {
+            match item.as_inline_table() {
+                Some(table) => out.push(Section {
+                    doc: self.doc,
+                    path: format!("{}[{i}]", self.key(name)),
+                    table,
+                    span: item.span().or_else(|| self.key_span(name)),
+                    read: RefCell::new(Vec::new()),
+                }),
+                None => self.problem(
+                    name,
+                    format!("item {i}: expected a table, found {}", item.type_name()),
+                ),
+            }
+        }
+        out
+    }
+
     /// Whether `name` is set.
     pub(super) fn has(&self, name: &str) -> bool {
         self.table.contains_key(name)

@@ -15,11 +15,13 @@ use std::time::Duration;
 
 mod document;
 mod policies;
+mod push;
 mod read;
 #[cfg(test)]
 mod tests;
 
 pub use policies::{CircuitPolicy, Limits, RetryPolicy, Timeouts};
+pub use push::{DEFAULT_RETRY_DELAYS, DEFAULT_WEBHOOK_DELAYS, EdgeConfig, KeepFailed, PushConfig};
 
 /// One configuration problem: which file and line, which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +109,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The admin listener (purge, health, metrics), if any.
     pub admin: Option<AdminConfig>,
+    /// The push service (the write side), if this node runs it.
+    pub push: Option<PushConfig>,
 }
 
 /// The in-memory edge cache.
@@ -309,8 +313,20 @@ pub struct RegionConfig {
     /// Where credentials come from: the config, or a standard AWS source refreshed in the
     /// background.
     pub credential_source: CredentialSource,
+    /// Credentials of writes (the push service), when they differ from `credentials`: the
+    /// gateway's read key can stay read-only.
+    pub push_credentials: Option<RegionCredentials>,
     /// This region's own timeouts, when they differ from `[timeouts]`.
     pub timeouts: Option<Timeouts>,
+}
+
+/// Keys or a dynamic source, as `credentials` takes them.
+#[derive(Debug, Clone)]
+pub struct RegionCredentials {
+    /// The keys (empty unless the source is static).
+    pub keys: StaticCredentials,
+    /// Where they come from.
+    pub source: CredentialSource,
 }
 
 impl Config {
@@ -329,6 +345,7 @@ impl Config {
             regions,
             cache: CacheConfig::default(),
             admin: None,
+            push: None,
         }
     }
 

@@ -10,7 +10,7 @@ use super::document::Section;
 use super::policies;
 use super::{
     Addressing, AdminConfig, CacheConfig, CertificateConfig, Config, CorsConfig, CredentialSource,
-    Provider, RegionConfig, StaticCredentials, Timeouts,
+    Provider, RegionConfig, RegionCredentials, StaticCredentials, Timeouts,
 };
 
 /// Looks up environment variables.
@@ -18,20 +18,25 @@ pub(super) type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
 
 /// Reads the whole file; `None` when something was wrong (the problems are recorded).
 pub(super) fn config(root: &Section<'_, '_>, env: Env<'_>) -> Option<Config> {
+    // A node may run the gateway, the push service, or both.
+    let push_table = root.table("push");
+    let push = push_table.as_ref().and_then(|p| super::push::push(p, env));
     let server = root.table("server");
     let (http_listeners, https_listeners, shutdown_grace) = match &server {
         Some(s) => {
             let (http, http_written) = addrs(s, "http");
             let (https, https_written) = addrs(s, "https");
             let grace = s.duration("shutdown_grace");
-            if http_written + https_written == 0 {
+            if http_written + https_written == 0 && push_table.is_none() {
                 s.table_problem("no listener: set server.http or server.https");
             }
             s.finish();
             (http, https, grace)
         }
         None => {
-            root.problem("server", "missing: set server.http or server.https");
+            if push_table.is_none() {
+                root.problem("server", "missing: set server.http or server.https");
+            }
             (Vec::new(), Vec::new(), None)
         }
     };
@@ -88,6 +93,7 @@ pub(super) fn config(root: &Section<'_, '_>, env: Env<'_>) -> Option<Config> {
         regions,
         cache,
         admin,
+        push,
     })
 }
 
@@ -247,7 +253,12 @@ fn admin(t: &Section<'_, '_>, env: Env<'_>) -> Option<AdminConfig> {
 }
 
 /// A secret given inline (`name`) or by the environment variable `name_env` names.
-fn secret(t: &Section<'_, '_>, name: &str, required: bool, env: Env<'_>) -> Option<String> {
+pub(super) fn secret(
+    t: &Section<'_, '_>,
+    name: &str,
+    required: bool,
+    env: Env<'_>,
+) -> Option<String> {
     let env_key = format!("{name}_env");
     match (t.string(name), t.string(&env_key)) {
         (Some(_), Some(_)) => {
@@ -376,7 +387,7 @@ fn region(
             None
         }
     });
-    let credentials = match t.table("credentials") {
+    let read_credentials = match t.table("credentials") {
         Some(c) => credentials(&c, env),
         None => {
             if !t.has("credentials") {
@@ -385,11 +396,14 @@ fn region(
             None
         }
     };
+    let push_credentials = t.table("push_credentials").and_then(|c| {
+        credentials(&c, env).map(|(keys, source)| RegionCredentials { keys, source })
+    });
     let timeouts = t
         .table("timeouts")
         .map(|table| policies::timeouts(Some(&table), defaults));
     t.finish();
-    let (credentials, credential_source) = credentials?;
+    let (credentials, credential_source) = read_credentials?;
     Some(RegionConfig {
         name,
         hosts,
@@ -402,6 +416,7 @@ fn region(
         connect_to,
         credentials,
         credential_source,
+        push_credentials,
         timeouts,
     })
 }

@@ -119,6 +119,7 @@ pub struct S3Backend {
     pub stats: Arc<BackendStats>,
     store: Arc<PolicyStore>,
     stop: watch::Sender<bool>,
+    root: PathBuf,
 }
 
 impl S3Backend {
@@ -157,6 +158,7 @@ impl S3Backend {
             stats,
             store,
             stop,
+            root: options.root.clone(),
         })
     }
 
@@ -168,6 +170,27 @@ impl S3Backend {
     /// The storage class and encryption an object was written with.
     pub fn stored_policy(&self, bucket: &str, key: &str) -> Option<StoredPolicy> {
         self.store.get(bucket, key)
+    }
+
+    /// Multipart uploads created and neither completed nor aborted.
+    pub fn open_multipart_uploads(&self) -> usize {
+        std::fs::read_dir(&self.root)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| {
+                        let name = e.file_name();
+                        let name = name.to_string_lossy();
+                        name.starts_with(".upload-") && name.ends_with(".json")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The bytes of a stored object, read from the backend's folder.
+    pub fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.root.join(bucket).join(key)).ok()
     }
 
     /// Stops accepting and closes connections.
@@ -512,6 +535,96 @@ impl S3 for PolicyFs {
         );
         response.output.server_side_encryption = sse.map(ServerSideEncryption::from);
         Ok(response)
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        mut req: S3Request<s3s::dto::CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<s3s::dto::CreateMultipartUploadOutput>> {
+        self.admit(&req)?;
+        let class = req
+            .input
+            .storage_class
+            .take()
+            .map_or_else(|| "STANDARD".to_string(), |c| c.as_str().to_string());
+        if !self.allowed_storage_class(&class) {
+            return Err(s3_error!(
+                InvalidStorageClass,
+                "storage class {class} is not offered here"
+            ));
+        }
+        let sse = req
+            .input
+            .server_side_encryption
+            .take()
+            .map(|s| s.as_str().to_string());
+        if self.provider == Provider::Scaleway && sse.is_some() {
+            return Err(s3_error!(
+                NotImplemented,
+                "server-side encryption is not offered here"
+            ));
+        }
+        let bucket = req.input.bucket.clone();
+        let key = req.input.key.clone();
+        let response = self.fs.create_multipart_upload(req).await?;
+        if let Some(id) = &response.output.upload_id {
+            self.store.set(
+                &bucket,
+                &format!("{key}#upload:{id}"),
+                StoredPolicy {
+                    storage_class: class,
+                    sse,
+                },
+            );
+        }
+        Ok(response)
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<s3s::dto::UploadPartInput>,
+    ) -> S3Result<S3Response<s3s::dto::UploadPartOutput>> {
+        self.admit(&req)?;
+        self.fs.upload_part(req).await
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<s3s::dto::ListPartsInput>,
+    ) -> S3Result<S3Response<s3s::dto::ListPartsOutput>> {
+        self.admit(&req)?;
+        self.fs.list_parts(req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<s3s::dto::CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<s3s::dto::CompleteMultipartUploadOutput>> {
+        self.admit(&req)?;
+        let bucket = req.input.bucket.clone();
+        let key = req.input.key.clone();
+        let upload = format!("{key}#upload:{}", req.input.upload_id);
+        let response = self.fs.complete_multipart_upload(req).await?;
+        if let Some(policy) = self.store.get(&bucket, &upload) {
+            self.store.set(&bucket, &key, policy);
+        }
+        Ok(response)
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<s3s::dto::AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<s3s::dto::AbortMultipartUploadOutput>> {
+        self.admit(&req)?;
+        self.fs.abort_multipart_upload(req).await
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<s3s::dto::DeleteObjectsInput>,
+    ) -> S3Result<S3Response<s3s::dto::DeleteObjectsOutput>> {
+        self.admit(&req)?;
+        self.fs.delete_objects(req).await
     }
 
     async fn head_object(

@@ -72,6 +72,7 @@ impl Demo {
             listeners: vec![Listener { tcp, tls: None }],
             certs: None,
             admin: Some(admin_tcp),
+            push: None,
         };
         Ok(Demo {
             config,

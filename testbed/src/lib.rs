@@ -132,6 +132,7 @@ impl Backends {
                 connect_to: None,
                 credentials,
                 credential_source: Default::default(),
+                push_credentials: None,
                 timeouts: None,
             });
             backends.push(backend);
@@ -396,6 +397,7 @@ mod tests {
                     session_token: None,
                 },
                 credential_source: Default::default(),
+                push_credentials: None,
                 timeouts: None,
             })
             .collect();

@@ -21,6 +21,7 @@ mod moto;
 mod observability;
 mod process;
 mod properties;
+mod push;
 mod range;
 mod routing;
 mod tls;

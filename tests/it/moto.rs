@@ -94,6 +94,7 @@ fn moto_regions(endpoint: SocketAddr) -> Vec<RegionConfig> {
                 session_token: None,
             },
             credential_source: Default::default(),
+            push_credentials: None,
             timeouts: None,
         })
         .collect()

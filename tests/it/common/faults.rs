@@ -133,7 +133,14 @@ async fn handle(mut client: TcpStream, target: SocketAddr, fault: Fault) {
     match fault {
         Fault::Status(status) => {
             if read_head(&mut client).await {
-                let body = "<?xml version=\"1.0\"?><Error><Code>SlowDown</Code></Error>";
+                // The code S3 sends with that status.
+                let code = match status {
+                    403 => "AccessDenied",
+                    404 => "NoSuchBucket",
+                    500 => "InternalError",
+                    _ => "SlowDown",
+                };
+                let body = format!("<?xml version=\"1.0\"?><Error><Code>{code}</Code></Error>");
                 let reply = format!(
                     "HTTP/1.1 {status} Injected\r\ncontent-type: application/xml\r\n\
                      content-length: {}\r\nconnection: close\r\n\r\n{body}",

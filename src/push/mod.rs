@@ -1,0 +1,143 @@
+//! The write side: processing servers hand a finished recording to s3edge, which pushes it
+//! to the bucket of the environment's region (and the customer's own destinations) with the
+//! storage policy, on a 13-attempt / 75-hour schedule, keeps failures 28 calendar days for a
+//! manual push, and tells the customer by a signed webhook.
+//!
+//! - [`api`]: the HTTP API on `push.listen`;
+//! - [`store`]: the database (environments, recordings, files, pushes, deliveries);
+//! - [`spool`]: received files, fsync'd before they are acknowledged;
+//! - [`worker`]: the dispatcher of attempts, and spool release;
+//! - [`upload`]: aws-sdk-s3 uploads (PutObject, parallel multipart);
+//! - [`schedule`]: attempt times and retention days;
+//! - [`webhook`]: `video_copied_s3` bodies, signatures and deliveries;
+//! - [`edges`]: cache purges on the gateways; [`urls`]: origin and edge URLs;
+//! - [`model`]: the values; [`metrics`]: the `s3edge_push_` series.
+
+pub mod api;
+pub mod edges;
+pub mod metrics;
+pub mod model;
+pub mod schedule;
+pub mod spool;
+pub mod store;
+pub mod upload;
+pub mod urls;
+pub mod webhook;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::config::{Config, PushConfig};
+use crate::error::StartupError;
+
+/// Everything the API, the dispatcher and the deliverer share.
+pub(crate) struct Shared {
+    /// The whole config (regions).
+    config: Arc<Config>,
+    /// `[push]`.
+    push: PushConfig,
+    /// The database.
+    store: store::Store,
+    /// Received files.
+    spool: spool::Spool,
+    /// S3 clients.
+    uploader: upload::Uploader,
+    /// Attempt times and retention.
+    schedule: schedule::Schedule,
+    /// The `s3edge_push_` series.
+    metrics: metrics::PushMetrics,
+    /// Gateways to purge.
+    edges: edges::Edges,
+    /// Wakes the dispatcher (a commit, a finished attempt).
+    wake: Arc<Notify>,
+    /// Wakes the webhook deliverer.
+    webhook_wake: Arc<Notify>,
+}
+
+/// How long a request to a bucket may stay silent before the attempt fails.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Opens the spool and the database, resumes what a previous run left (interrupted attempts
+/// are due again, open multipart uploads are aborted), then serves the API on `listener` and
+/// runs the dispatcher and the webhook deliverer until `stop` turns true.
+pub async fn run(
+    config: Arc<Config>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), StartupError> {
+    let Some(push) = config.push.clone() else {
+        return Ok(());
+    };
+    let failed = |what: &str, e: &dyn std::fmt::Display| StartupError::Push(format!("{what}: {e}"));
+    tokio::fs::create_dir_all(&push.spool)
+        .await
+        .map_err(|e| failed(&format!("cannot create {}", push.spool.display()), &e))?;
+    let spool = spool::Spool::open(&push.spool)
+        .await
+        .map_err(|e| failed("spool", &e))?;
+    let store = store::Store::open(&push.spool)
+        .await
+        .map_err(|e| failed("database", &e))?;
+    let metrics = metrics::PushMetrics::default();
+    let edges =
+        edges::Edges::new(push.edges.clone(), metrics.clone()).map_err(|e| failed("tls", &e))?;
+    let deliverer = webhook::Deliverer::new(
+        store.clone(),
+        push.webhook_retry_delays.clone(),
+        push.webhook_timeout,
+        metrics.clone(),
+    )
+    .map_err(|e| failed("tls", &e))?;
+    let shared = Arc::new(Shared {
+        uploader: upload::Uploader::new(config.clone(), REQUEST_TIMEOUT),
+        schedule: schedule::Schedule::new(&push),
+        config,
+        store,
+        spool,
+        metrics,
+        edges,
+        wake: Arc::new(Notify::new()),
+        webhook_wake: Arc::new(Notify::new()),
+        push,
+    });
+    let interrupted = shared
+        .store
+        .recover(schedule::now_ms())
+        .await
+        .map_err(|e| failed("database", &e))?;
+    if interrupted > 0 {
+        tracing::info!(
+            interrupted,
+            "attempts interrupted by the last stop are due again"
+        );
+    }
+    shared.uploader.abort_leftovers(&shared.store).await;
+    let dispatcher = worker::Dispatcher::new(shared.clone(), shared.push.concurrency);
+    tokio::spawn(dispatcher.run(shared.wake.clone(), stop.clone()));
+    tokio::spawn(deliverer.run(shared.webhook_wake.clone(), stop.clone()));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "push API listening");
+    }
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            _ = stop.changed() => return Ok(()),
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| api::handle(shared.clone(), request));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,225 @@
+//! The spool: files received from processing servers, kept until every destination has them.
+//! A file is streamed to a temporary name, hashed on the way, fsync'd, renamed into place and
+//! its directory fsync'd before the upload is acknowledged; a file that fails its
+//! `Content-Digest` or its size limit is never kept.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body::Body;
+use http_body_util::BodyExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::store::FileRow;
+
+/// Why a received file was not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// Longer than `push.max_file_size`.
+    #[error("the file is larger than {0} bytes")]
+    TooLarge(u64),
+    /// The body's SHA-256 differs from its `Content-Digest`.
+    #[error("the body does not match its Content-Digest")]
+    DigestMismatch,
+    /// The client's body ended with an error.
+    #[error("the upload was cut: {0}")]
+    Body(String),
+    /// The disk refused.
+    #[error("spool: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The spool directory.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    root: PathBuf,
+}
+
+/// Writes are gathered to this size before each write to the file.
+const WRITE_BUFFER: usize = 1024 * 1024;
+
+impl Spool {
+    /// Creates `files/` and `tmp/` under `root` (a leftover `tmp/` from a crash is emptied).
+    pub async fn open(root: &Path) -> std::io::Result<Spool> {
+        tokio::fs::create_dir_all(root.join("files")).await?;
+        let tmp = root.join("tmp");
+        if tokio::fs::try_exists(&tmp).await.unwrap_or(false) {
+            tokio::fs::remove_dir_all(&tmp).await?;
+        }
+        tokio::fs::create_dir_all(&tmp).await?;
+        Ok(Spool {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Where a recording's file lives.
+    pub fn path(&self, env: &str, name: &str, suffix: &str) -> PathBuf {
+        self.dir(env, name).join(format!("{name}{suffix}"))
+    }
+
+    fn dir(&self, env: &str, name: &str) -> PathBuf {
+        self.root.join("files").join(env).join(name)
+    }
+
+    /// Streams `body` into the spool as `{name}{suffix}`, replacing an earlier upload, and
+    /// returns its size and SHA-256 once it is durable.
+    pub async fn receive<B>(
+        &self,
+        env: &str,
+        name: &str,
+        suffix: &str,
+        mut body: B,
+        max_bytes: u64,
+        digest: Option<[u8; 32]>,
+    ) -> Result<FileRow, SpoolError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{:016x}.part", fastrand::u64(..)));
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp).await?;
+            let mut hasher = Sha256::new();
+            let mut bytes = 0u64;
+            let mut pending = Vec::with_capacity(WRITE_BUFFER);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| SpoolError::Body(e.to_string()))?;
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                bytes += data.len() as u64;
+                if bytes > max_bytes {
+                    return Err(SpoolError::TooLarge(max_bytes));
+                }
+                hasher.update(&data);
+                pending.extend_from_slice(&data);
+                if pending.len() >= WRITE_BUFFER {
+                    file.write_all(&pending).await?;
+                    pending.clear();
+                }
+            }
+            file.write_all(&pending).await?;
+            file.sync_all().await?;
+            let sha: [u8; 32] = hasher.finalize().into();
+            if digest.is_some_and(|d| d != sha) {
+                return Err(SpoolError::DigestMismatch);
+            }
+            Ok((bytes, sha))
+        }
+        .await;
+        let (bytes, sha) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        let dir = self.dir(env, name);
+        tokio::fs::create_dir_all(&dir).await?;
+        tokio::fs::rename(&tmp, self.path(env, name, suffix)).await?;
+        // The rename is durable only once the directories holding it are.
+        sync_dir(&dir).await?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).await?;
+        }
+        Ok(FileRow {
+            suffix: suffix.to_string(),
+            bytes,
+            sha256: hex::encode(sha),
+        })
+    }
+
+    /// Removes a recording's files.
+    pub async fn remove(&self, env: &str, name: &str) -> std::io::Result<()> {
+        let dir = self.dir(env, name);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).await?;
+        }
+        Ok(())
+    }
+
+    /// Bytes held in the spool's files (metrics).
+    pub async fn bytes(&self) -> u64 {
+        let root = self.root.join("files");
+        tokio::task::spawn_blocking(move || dir_bytes(&root))
+            .await
+            .unwrap_or(0)
+    }
+}
+
+async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The SHA-256 of a `Content-Digest` header (RFC 9530): `Ok(None)` when it names only
+/// algorithms we do not check, `Err` when it is malformed.
+pub fn content_digest(value: &str) -> Result<Option<[u8; 32]>, &'static str> {
+    for member in value.split(',') {
+        let Some((algorithm, rest)) = member.trim().split_once('=') else {
+            return Err("not a structured dictionary");
+        };
+        if !algorithm.trim().eq_ignore_ascii_case("sha-256") {
+            continue;
+        }
+        let encoded = rest
+            .trim()
+            .strip_prefix(':')
+            .and_then(|r| r.strip_suffix(':'))
+            .ok_or("sha-256 is not a byte sequence (:base64:)")?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| "sha-256 is not base64")?;
+        return <[u8; 32]>::try_from(bytes.as_slice())
+            .map(Some)
+            .map_err(|_| "sha-256 is not 32 bytes");
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_content_digest() {
+        let sha = Sha256::digest(b"hello");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(sha);
+        let want: [u8; 32] = sha.into();
+        assert_eq!(content_digest(&format!("sha-256=:{b64}:")), Ok(Some(want)));
+        assert_eq!(
+            content_digest(&format!("sha-512=:AAAA:, sha-256=:{b64}:")),
+            Ok(Some(want))
+        );
+        assert_eq!(content_digest("sha-512=:AAAA:"), Ok(None));
+        assert!(content_digest("sha-256=abc").is_err());
+        assert!(content_digest("sha-256=:AAAA:").is_err());
+        assert!(content_digest("garbage").is_err());
+    }
+}

@@ -1,0 +1,501 @@
+//! Uploads with aws-sdk-s3: `PutObject` below `push.multipart_threshold`, a multipart upload
+//! with parts in parallel above it. Bodies stream from the spool file (never the whole file in
+//! memory); every request carries the SHA-256 of its bytes (`x-amz-checksum-sha256`), and the
+//! storage class, encryption and `Content-Type` come from the policy. A multipart upload that
+//! fails is aborted; one left open by a crash is recorded and aborted at the next start.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+};
+use base64::Engine as _;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+use super::model::Target;
+use super::store::{PushRow, Store};
+use crate::config::{Addressing, Config, CredentialSource, RegionConfig};
+use crate::policy;
+use crate::route::FileKind;
+
+/// Parts of one file in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// Why an upload failed: the S3 error code (or a transport class) and a message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct UploadError {
+    /// `AccessDenied`, `NoSuchBucket`, `InvalidStorageClass`, … or `Timeout`, `Connect`,
+    /// `Http503`, `Io`, `Config`.
+    pub code: String,
+    /// What happened.
+    pub message: String,
+}
+
+impl UploadError {
+    fn new(code: &str, message: impl Into<String>) -> Self {
+        UploadError {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where and how one destination is written.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    client: Client,
+    /// The bucket name.
+    pub bucket: String,
+    /// In front of `{ACCOUNT}/{NAME}{suffix}`.
+    pub key_prefix: String,
+    policy: Policy,
+}
+
+#[derive(Debug, Clone)]
+enum Policy {
+    /// Our bucket: the provider's storage classes and encryption.
+    Complimentary(crate::config::Provider),
+    /// A customer's: their storage class, if any; no encryption header.
+    Customer(Option<String>),
+}
+
+/// One file to upload.
+#[derive(Debug)]
+pub struct FileUpload<'a> {
+    /// The spool file.
+    pub path: &'a Path,
+    /// Its size.
+    pub bytes: u64,
+    /// Its SHA-256, hex.
+    pub sha256: &'a str,
+    /// Which of the four it is.
+    pub kind: FileKind,
+    /// The object key.
+    pub key: String,
+}
+
+/// Clients by destination, built once.
+#[derive(Debug)]
+pub struct Uploader {
+    config: Arc<Config>,
+    clients: Mutex<HashMap<String, Bucket>>,
+    multipart_threshold: u64,
+    part_size: u64,
+    request_timeout: Duration,
+}
+
+impl Uploader {
+    /// An uploader for the regions of `config`.
+    pub fn new(config: Arc<Config>, request_timeout: Duration) -> Self {
+        let push = config.push.as_ref();
+        Uploader {
+            multipart_threshold: push.map_or(64 << 20, |p| p.multipart_threshold),
+            part_size: push.map_or(16 << 20, |p| p.part_size),
+            config,
+            clients: Mutex::new(HashMap::new()),
+            request_timeout,
+        }
+    }
+
+    /// The bucket of a target (a client is built on first use).
+    pub async fn bucket(&self, target: &Target) -> Result<Bucket, UploadError> {
+        let cache_key = serde_json::to_string(target).unwrap_or_default();
+        if let Some(bucket) = lock(&self.clients).get(&cache_key) {
+            return Ok(bucket.clone());
+        }
+        let bucket = match target {
+            Target::Complimentary { region } => {
+                let region = self
+                    .config
+                    .regions
+                    .iter()
+                    .find(|r| &r.name == region)
+                    .ok_or_else(|| {
+                        UploadError::new("Config", format!("region {region} is not configured"))
+                    })?;
+                complimentary_bucket(region, self.request_timeout).await
+            }
+            Target::Customer(d) => {
+                let credentials = aws_credential_types::Credentials::new(
+                    &d.access_key_id,
+                    &d.secret_access_key,
+                    None,
+                    None,
+                    "s3edge-destination",
+                );
+                let client = client(
+                    &d.endpoint,
+                    &d.region,
+                    // Path style reaches any S3-compatible store; AWS accepts it too.
+                    true,
+                    aws_credential_types::provider::SharedCredentialsProvider::new(credentials),
+                    self.request_timeout,
+                );
+                Bucket {
+                    client,
+                    bucket: d.bucket.clone(),
+                    key_prefix: d.key_prefix.clone(),
+                    policy: Policy::Customer(d.storage_class.clone()),
+                }
+            }
+        };
+        lock(&self.clients).insert(cache_key, bucket.clone());
+        Ok(bucket)
+    }
+
+    /// Uploads one file: a single PUT, or a multipart upload recorded in `store` while open.
+    pub async fn upload(
+        &self,
+        bucket: &Bucket,
+        file: &FileUpload<'_>,
+        push: &PushRow,
+        store: &Store,
+    ) -> Result<(), UploadError> {
+        if file.bytes < self.multipart_threshold {
+            self.put(bucket, file).await
+        } else {
+            self.multipart(bucket, file, push, store).await
+        }
+    }
+
+    async fn put(&self, bucket: &Bucket, file: &FileUpload<'_>) -> Result<(), UploadError> {
+        let sha = hex::decode(file.sha256).map_err(|e| UploadError::new("Io", e.to_string()))?;
+        let body = ByteStream::read_from()
+            .path(file.path)
+            .buffer_size(256 * 1024)
+            .build()
+            .await
+            .map_err(|e| UploadError::new("Io", e.to_string()))?;
+        let mut request = bucket
+            .client
+            .put_object()
+            .bucket(&bucket.bucket)
+            .key(&file.key)
+            .body(body)
+            .content_length(i64::try_from(file.bytes).unwrap_or(i64::MAX))
+            .content_type(file.kind.content_type())
+            .checksum_sha256(b64(&sha));
+        if let Some(class) = bucket.storage_class(file.kind) {
+            request = request.storage_class(StorageClass::from(class.as_str()));
+        }
+        if bucket.encrypted() {
+            request = request.server_side_encryption(ServerSideEncryption::Aes256);
+        }
+        request.send().await.map(|_| ()).map_err(sdk_error)
+    }
+
+    async fn multipart(
+        &self,
+        bucket: &Bucket,
+        file: &FileUpload<'_>,
+        push: &PushRow,
+        store: &Store,
+    ) -> Result<(), UploadError> {
+        let mut create = bucket
+            .client
+            .create_multipart_upload()
+            .bucket(&bucket.bucket)
+            .key(&file.key)
+            .content_type(file.kind.content_type())
+            .checksum_algorithm(ChecksumAlgorithm::Sha256);
+        if let Some(class) = bucket.storage_class(file.kind) {
+            create = create.storage_class(StorageClass::from(class.as_str()));
+        }
+        if bucket.encrypted() {
+            create = create.server_side_encryption(ServerSideEncryption::Aes256);
+        }
+        let created = create.send().await.map_err(sdk_error)?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| {
+                UploadError::new("NoUploadId", "CreateMultipartUpload without UploadId")
+            })?
+            .to_string();
+        if let Err(e) = store
+            .multipart_started(&upload_id, push, &bucket.bucket, &file.key)
+            .await
+        {
+            abort(bucket, &file.key, &upload_id).await;
+            return Err(UploadError::new("Database", e.to_string()));
+        }
+        let result = self.parts(bucket, file, &upload_id).await;
+        let result = match result {
+            Ok(parts) => bucket
+                .client
+                .complete_multipart_upload()
+                .bucket(&bucket.bucket)
+                .key(&file.key)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(sdk_error),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            abort(bucket, &file.key, &upload_id).await;
+        }
+        let _ = store.multipart_ended(&upload_id).await;
+        result
+    }
+
+    /// Sends every part, a few at a time, each with its own SHA-256.
+    async fn parts(
+        &self,
+        bucket: &Bucket,
+        file: &FileUpload<'_>,
+        upload_id: &str,
+    ) -> Result<Vec<CompletedPart>, UploadError> {
+        let count = file.bytes.div_ceil(self.part_size).max(1);
+        let part_size = self.part_size;
+        let sends = futures_util::stream::iter(0..count).map(|i| {
+            let offset = i * part_size;
+            let length = part_size.min(file.bytes - offset);
+            let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
+            async move {
+                let sha = part_sha256(file.path, offset, length).await?;
+                let body = ByteStream::read_from()
+                    .path(file.path)
+                    .offset(offset)
+                    .length(Length::Exact(length))
+                    .buffer_size(256 * 1024)
+                    .build()
+                    .await
+                    .map_err(|e| UploadError::new("Io", e.to_string()))?;
+                let sent = bucket
+                    .client
+                    .upload_part()
+                    .bucket(&bucket.bucket)
+                    .key(&file.key)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .content_length(i64::try_from(length).unwrap_or(i64::MAX))
+                    .checksum_sha256(b64(&sha))
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(sdk_error)?;
+                Ok(CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(sent.e_tag().map(str::to_string))
+                    .checksum_sha256(b64(&sha))
+                    .build())
+            }
+        });
+        let mut parts: Vec<CompletedPart> = sends
+            .buffer_unordered(PARTS_IN_FLIGHT)
+            .collect::<Vec<Result<CompletedPart, UploadError>>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        parts.sort_by_key(|p| p.part_number());
+        Ok(parts)
+    }
+
+    /// Aborts multipart uploads a previous run left open.
+    pub async fn abort_leftovers(&self, store: &Store) {
+        let Ok(open) = store.open_multiparts().await else {
+            return;
+        };
+        for (upload_id, target, bucket_name, key) in open {
+            if let Ok(bucket) = self.bucket(&target).await {
+                let mut bucket = bucket;
+                bucket.bucket = bucket_name;
+                abort(&bucket, &key, &upload_id).await;
+                tracing::info!(%key, "aborted a multipart upload left open by the last run");
+            }
+            let _ = store.multipart_ended(&upload_id).await;
+        }
+    }
+}
+
+impl Bucket {
+    /// The object key of a file.
+    pub fn key(&self, account: &str, name: &str, kind: FileKind) -> String {
+        format!("{}{account}/{name}{}", self.key_prefix, kind.suffix())
+    }
+
+    fn storage_class(&self, kind: FileKind) -> Option<String> {
+        match &self.policy {
+            Policy::Complimentary(provider) => {
+                Some(policy::storage_class(*provider, kind).to_string())
+            }
+            Policy::Customer(class) => class.clone(),
+        }
+    }
+
+    fn encrypted(&self) -> bool {
+        match &self.policy {
+            Policy::Complimentary(provider) => policy::server_side_encryption(*provider).is_some(),
+            Policy::Customer(_) => false,
+        }
+    }
+}
+
+async fn complimentary_bucket(region: &RegionConfig, timeout: Duration) -> Bucket {
+    let (keys, source) = match &region.push_credentials {
+        Some(c) => (c.keys.clone(), c.source.clone()),
+        None => (region.credentials.clone(), region.credential_source.clone()),
+    };
+    let provider = if source == CredentialSource::Static {
+        aws_credential_types::provider::SharedCredentialsProvider::new(
+            aws_credential_types::Credentials::new(
+                keys.access_key_id,
+                keys.secret_access_key,
+                keys.session_token,
+                None,
+                "s3edge-config",
+            ),
+        )
+    } else {
+        crate::credentials::provider(&source, &region.signing_region).await
+    };
+    let endpoint = region.endpoint.to_string();
+    Bucket {
+        client: client(
+            endpoint.trim_end_matches('/'),
+            &region.signing_region,
+            region.addressing == Addressing::Path,
+            provider,
+            timeout,
+        ),
+        bucket: region.bucket.clone(),
+        key_prefix: region.key_prefix.clone(),
+        policy: Policy::Complimentary(region.provider),
+    }
+}
+
+fn client(
+    endpoint: &str,
+    region: &str,
+    path_style: bool,
+    credentials: aws_credential_types::provider::SharedCredentialsProvider,
+    timeout: Duration,
+) -> Client {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .endpoint_url(endpoint)
+        .force_path_style(path_style)
+        .credentials_provider(credentials)
+        .http_client(http)
+        // Our own SHA-256 on every request; no trailers the SDK would add on its own.
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .retry_config(
+            aws_sdk_s3::config::retry::RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_millis(200)),
+        )
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .read_timeout(timeout)
+                .build(),
+        )
+        .build();
+    Client::from_conf(config)
+}
+
+async fn abort(bucket: &Bucket, key: &str, upload_id: &str) {
+    if let Err(e) = bucket
+        .client
+        .abort_multipart_upload()
+        .bucket(&bucket.bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await
+    {
+        tracing::warn!(%key, error = %sdk_error(e), "could not abort a multipart upload");
+    }
+}
+
+/// The SHA-256 of `length` bytes of a file from `offset`.
+async fn part_sha256(path: &Path, offset: u64, length: u64) -> Result<Vec<u8>, UploadError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::File::open(&path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut hasher = Sha256::new();
+        let mut left = length;
+        let mut buf = vec![0u8; 256 * 1024];
+        while left > 0 {
+            let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+            let n = file.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the spool file is shorter than recorded",
+                ));
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        Ok(hasher.finalize().to_vec())
+    })
+    .await
+    .map_err(|e| UploadError::new("Io", e.to_string()))?
+    .map_err(|e: std::io::Error| UploadError::new("Io", e.to_string()))
+}
+
+/// An SDK error as a code and message: the S3 error code when the store sent one.
+fn sdk_error<E>(
+    error: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> UploadError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    use aws_sdk_s3::error::SdkError;
+    let code = match &error {
+        SdkError::ServiceError(e) => e
+            .err()
+            .code()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("Http{}", e.raw().status().as_u16())),
+        SdkError::TimeoutError(_) => "Timeout".into(),
+        SdkError::DispatchFailure(d) if d.is_timeout() => "Timeout".into(),
+        SdkError::DispatchFailure(_) => "Connect".into(),
+        SdkError::ResponseError(_) => "Response".into(),
+        SdkError::ConstructionFailure(_) => "Request".into(),
+        _ => "Unknown".into(),
+    };
+    let message = match &error {
+        SdkError::ServiceError(e) => e
+            .err()
+            .message()
+            .map(str::to_string)
+            .unwrap_or_else(|| error.to_string()),
+        _ => std::error::Error::source(&error).map_or_else(|| error.to_string(), |s| s.to_string()),
+    };
+    UploadError { code, message }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,273 @@
+//! The dispatcher: claims due pushes (the claim is committed before the attempt starts),
+//! runs at most `push.concurrency` attempts at once and at most half of them for any one
+//! destination (a slow customer bucket cannot starve the rest), records each outcome, queues
+//! webhooks, purges edges after a manual re-push, and releases spool files once every
+//! destination has them (or retention ended).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, Semaphore, watch};
+
+use super::Shared;
+use super::model::{COMPLIMENTARY, RecordingState, Target, kind_of_suffix};
+use super::schedule::now_ms;
+use super::store::{NewDelivery, PushRow};
+use super::upload::{FileUpload, UploadError};
+use super::urls::urls;
+use super::webhook::{Copied, EVENT, delivery_id};
+
+/// The dispatcher's own state.
+pub(super) struct Dispatcher {
+    shared: Arc<Shared>,
+    slots: Arc<Semaphore>,
+    /// Attempts running per destination (fairness).
+    running: Arc<Mutex<HashMap<String, usize>>>,
+    per_destination: usize,
+}
+
+impl Dispatcher {
+    pub(super) fn new(shared: Arc<Shared>, concurrency: usize) -> Self {
+        Dispatcher {
+            shared,
+            slots: Arc::new(Semaphore::new(concurrency)),
+            running: Arc::new(Mutex::new(HashMap::new())),
+            per_destination: concurrency.div_ceil(2).max(1),
+        }
+    }
+
+    /// Dispatches until `stop`, waking on `wake` (a commit, a finished attempt) or when the
+    /// next push is due.
+    pub(super) async fn run(self, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+        loop {
+            self.dispatch().await;
+            self.release_spool().await;
+            let wait = match self.shared.store.next_due().await {
+                Ok(Some(due)) => {
+                    Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0).clamp(5, 1000))
+                }
+                _ => Duration::from_secs(1),
+            };
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn dispatch(&self) {
+        let free = self.slots.available_permits();
+        if free == 0 {
+            return;
+        }
+        let limit = u32::try_from(free * 4).unwrap_or(u32::MAX);
+        let due = match self.shared.store.due_pushes(now_ms(), limit).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(%error, "due pushes unreadable");
+                return;
+            }
+        };
+        for push in due {
+            let key = fairness_key(&push);
+            if lock(&self.running).get(&key).copied().unwrap_or(0) >= self.per_destination {
+                continue;
+            }
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let attempt = match self.shared.store.claim(&push).await {
+                Ok(Some(attempt)) => attempt,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, "push not claimed");
+                    continue;
+                }
+            };
+            *lock(&self.running).entry(key.clone()).or_default() += 1;
+            let shared = self.shared.clone();
+            let running = self.running.clone();
+            tokio::spawn(async move {
+                attempt_push(&shared, &push, attempt).await;
+                if let Some(n) = lock(&running).get_mut(&key) {
+                    *n = n.saturating_sub(1);
+                }
+                drop(permit);
+                shared.wake.notify_one();
+            });
+        }
+    }
+
+    /// Removes the spool files of recordings every destination has, skipped ones, and
+    /// failed ones past retention.
+    async fn release_spool(&self) {
+        let Ok(done) = self.shared.store.spool_releasable(now_ms()).await else {
+            return;
+        };
+        for (env, name) in done {
+            match self.shared.spool.remove(&env, &name).await {
+                Ok(()) => {
+                    if let Err(error) = self.shared.store.files_removed(&env, &name).await {
+                        tracing::warn!(%error, %env, %name, "spool release not recorded");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, %env, %name, "spool files not removed"),
+            }
+        }
+    }
+}
+
+/// Attempts of one destination share its slots.
+fn fairness_key(push: &PushRow) -> String {
+    match &push.target {
+        Target::Complimentary { region } => format!("{COMPLIMENTARY}:{region}"),
+        Target::Customer(d) => format!("{}|{}|{}", d.endpoint, d.bucket, push.env),
+    }
+}
+
+/// One attempt: every file of the recording to one destination.
+async fn attempt_push(shared: &Shared, push: &PushRow, attempt: u32) {
+    shared.metrics.attempt(&push.destination);
+    let started = now_ms();
+    let outcome = upload_all(shared, push).await;
+    let now = now_ms();
+    match outcome {
+        Ok(()) => {
+            let delivery = delivery_for(shared, push, now).await;
+            let state = match shared
+                .store
+                .push_succeeded(push, now, delivery.as_ref())
+                .await
+            {
+                Ok(state) => state,
+                Err(error) => {
+                    tracing::error!(%error, env = %push.env, name = %push.name, "push outcome not saved");
+                    return;
+                }
+            };
+            tracing::info!(env = %push.env, name = %push.name, destination = %push.destination, attempt, ms = now - started, state = state.as_str(), "pushed");
+            if delivery.is_some() {
+                shared.webhook_wake.notify_one();
+            }
+            if push.manual && matches!(push.target, Target::Complimentary { .. }) {
+                purge_edges(shared, push).await;
+            }
+        }
+        Err(error) => {
+            shared.metrics.failure(&push.destination, &error.code);
+            let next = shared
+                .schedule
+                .next_attempt(push.series_start, attempt, now);
+            let keep_until = shared.schedule.keep_until(now);
+            let saved = shared
+                .store
+                .push_failed(
+                    push,
+                    attempt,
+                    &error.code,
+                    &error.message,
+                    now,
+                    next,
+                    keep_until,
+                )
+                .await;
+            let last = next.is_none();
+            tracing::warn!(env = %push.env, name = %push.name, destination = %push.destination, attempt, code = %error.code, error = %error.message, last, "push attempt failed");
+            if let Ok(RecordingState::Failed) = saved {
+                tracing::warn!(env = %push.env, name = %push.name, "recording failed: files kept for a manual push");
+            }
+        }
+    }
+}
+
+async fn upload_all(shared: &Shared, push: &PushRow) -> Result<(), UploadError> {
+    let io = |e: super::store::StoreError| UploadError {
+        code: "Database".into(),
+        message: e.to_string(),
+    };
+    let recording = shared
+        .store
+        .recording(&push.env, &push.name)
+        .await
+        .map_err(io)?
+        .ok_or_else(|| UploadError {
+            code: "Gone".into(),
+            message: "the recording no longer exists".into(),
+        })?;
+    let files = shared
+        .store
+        .files(&push.env, &push.name)
+        .await
+        .map_err(io)?;
+    let bucket = shared.uploader.bucket(&push.target).await?;
+    for file in &files {
+        let Some(kind) = kind_of_suffix(&file.suffix) else {
+            continue;
+        };
+        let path = shared.spool.path(&push.env, &push.name, &file.suffix);
+        let upload = FileUpload {
+            path: &path,
+            bytes: file.bytes,
+            sha256: &file.sha256,
+            kind,
+            key: bucket.key(&recording.account, &push.name, kind),
+        };
+        let started = Instant::now();
+        shared
+            .uploader
+            .upload(&bucket, &upload, push, &shared.store)
+            .await?;
+        shared.metrics.uploaded(
+            &push.destination,
+            file.bytes,
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    Ok(())
+}
+
+/// A manual re-push overwrote objects the edges may hold: purge them there.
+async fn purge_edges(shared: &Shared, push: &PushRow) {
+    if let Ok(Some(recording)) = shared.store.recording(&push.env, &push.name).await {
+        shared
+            .edges
+            .purge(&recording.region, &recording.account, &push.name)
+            .await;
+    }
+}
+
+/// The `video_copied_s3` delivery a success causes, when the environment has a webhook.
+async fn delivery_for(shared: &Shared, push: &PushRow, now: i64) -> Option<NewDelivery> {
+    let recording = shared.store.recording(&push.env, &push.name).await.ok()??;
+    let webhook = shared.store.environment(&push.env).await.ok()??.webhook?;
+    let location = super::urls::location(Some(&shared.config), &recording.region);
+    let urls = urls(
+        location.as_deref(),
+        shared.push.edge_url.as_deref(),
+        &recording.region,
+        &recording.account,
+        &push.name,
+    );
+    let body = Copied {
+        event: EVENT,
+        env: &push.env,
+        account: &recording.account,
+        name: &push.name,
+        region: &recording.region,
+        destination: &push.destination,
+        urls: &urls,
+        pushed_at: super::api::rfc3339(now),
+    };
+    Some(NewDelivery {
+        id: delivery_id(),
+        url: webhook.url,
+        secret: webhook.secret,
+        body: serde_json::to_string(&body).ok()?,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
