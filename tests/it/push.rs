@@ -642,7 +642,14 @@ async fn bad_input_is_a_clear_json_4xx_and_changes_nothing() {
         c.push.as_mut().unwrap().max_file_size = 100 * 1024;
     })
     .await;
-    let cases: Vec<(Method, String, Bytes, Vec<(&str, &str)>, StatusCode)> = vec![
+    type Case = (
+        Method,
+        String,
+        Bytes,
+        Vec<(&'static str, &'static str)>,
+        StatusCode,
+    );
+    let cases: Vec<Case> = vec![
         (
             Method::PUT,
             "/v1/environments/bad env".into(),
