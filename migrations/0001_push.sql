@@ -72,9 +72,12 @@ CREATE TABLE attempt_errors (
     error TEXT NOT NULL
 );
 
--- Multipart uploads started and not yet completed or aborted: aborted at start-up.
+-- Multipart uploads about to start or started, not yet completed or aborted: aborted at
+-- start-up. The row is written before CreateMultipartUpload, so a crash before its answer
+-- still leaves a trace (the upload is then found with ListMultipartUploads).
 CREATE TABLE multipart_uploads (
-    upload_id TEXT PRIMARY KEY,
+    id TEXT PRIMARY KEY,
+    upload_id TEXT,
     env TEXT NOT NULL,
     name TEXT NOT NULL,
     destination TEXT NOT NULL,

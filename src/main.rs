@@ -1,5 +1,6 @@
-//! The `s3edge` command: `serve` and `check-config`. The demo is `s3edge-testbed demo`, in
-//! the testbed crate, so this binary links no S3 server code.
+//! The `s3edge` command: `serve`, `check-config`, `push` (the push API from a shell) and
+//! `urls`. The demo is `s3edge-testbed demo`, in the testbed crate, so this binary links no
+//! S3 server code.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,15 @@ enum Command {
         /// The TOML config file.
         file: PathBuf,
     },
+    /// Hand files to a push service and follow them (put, commit, status, retry).
+    Push {
+        #[command(flatten)]
+        api: s3edge::push::cli::ApiArgs,
+        #[command(subcommand)]
+        command: s3edge::push::cli::PushCommand,
+    },
+    /// Print a recording's origin (and edge) URLs.
+    Urls(s3edge::push::cli::UrlsArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +64,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => serve(config).await,
             Command::CheckConfig { file } => check_config(file),
+            Command::Push { api, command } => s3edge::push::cli::push(api, command).await,
+            Command::Urls(args) => s3edge::push::cli::print_urls(args),
         }
     });
     match result {

@@ -11,9 +11,12 @@
 //! - [`schedule`]: attempt times and retention days;
 //! - [`webhook`]: `video_copied_s3` bodies, signatures and deliveries;
 //! - [`edges`]: cache purges on the gateways; [`urls`]: origin and edge URLs;
-//! - [`model`]: the values; [`metrics`]: the `s3edge_push_` series.
+//! - [`model`]: the values; [`metrics`]: the `s3edge_push_` series;
+//! - [`client`] and [`cli`]: the API from a shell (`s3edge push …`, `s3edge urls`).
 
 pub mod api;
+pub mod cli;
+pub mod client;
 pub mod edges;
 pub mod metrics;
 pub mod model;

@@ -97,6 +97,21 @@ pub struct RecordingRow {
     pub files_kept: bool,
 }
 
+/// A multipart upload a previous run left.
+#[derive(Debug, Clone)]
+pub struct OpenMultipart {
+    /// Our id of the row.
+    pub id: String,
+    /// The store's upload id, when its answer arrived.
+    pub upload_id: Option<String>,
+    /// Where.
+    pub target: Target,
+    /// The bucket.
+    pub bucket: String,
+    /// The object key.
+    pub key: String,
+}
+
 /// A delivery to queue with the success that causes it.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
@@ -248,7 +263,7 @@ impl Store {
         environment: &Environment,
         file: &FileRow,
     ) -> Result<Result<(), Refused>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         if let Some(state) = recording_state(&mut tx, env, name).await?
             && state != RecordingState::Open
         {
@@ -282,7 +297,7 @@ impl Store {
 
     /// Whether a recording is committed (its files are fixed).
     pub async fn is_committed(&self, env: &str, name: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let state = recording_state(&mut tx, env, name).await?;
         Ok(state.is_some_and(|s| s != RecordingState::Open))
     }
@@ -296,7 +311,7 @@ impl Store {
         targets: &[(String, Target)],
         now: i64,
     ) -> Result<Result<RecordingState, Refused>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         match recording_state(&mut tx, env, name).await? {
             None => return Ok(Err(Refused::NoFiles)),
             Some(RecordingState::Open) => {}
@@ -441,7 +456,7 @@ impl Store {
     /// Claims a due push for an attempt (committed before the attempt starts): its attempt
     /// number, or `None` when another claim won.
     pub async fn claim(&self, push: &PushRow) -> Result<Option<u32>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query(
             "UPDATE pushes SET state = 'pushing', attempts = attempts + 1 \
              WHERE env = ? AND name = ? AND destination = ? AND state IN ('queued', 'retrying')",
@@ -467,7 +482,7 @@ impl Store {
         now: i64,
         delivery: Option<&NewDelivery>,
     ) -> Result<RecordingState, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         if let Some(d) = delivery {
             sqlx::query(
                 "INSERT INTO deliveries (id, env, name, destination, url, secret, body, state, \
@@ -512,7 +527,7 @@ impl Store {
         next: Option<i64>,
         keep_until: i64,
     ) -> Result<RecordingState, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let last = format!("{code}: {error}");
         sqlx::query(
             "INSERT INTO attempt_errors (env, name, destination, attempt, at, code, error) \
@@ -564,7 +579,7 @@ impl Store {
         name: &str,
         now: i64,
     ) -> Result<Result<(), Refused>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let Some(row) =
             sqlx::query("SELECT state, files_kept FROM recordings WHERE env = ? AND name = ?")
                 .bind(env)
@@ -626,7 +641,7 @@ impl Store {
     /// After a restart: attempts that were running are due again at once (they count as
     /// made), and the multipart uploads they had open are returned for aborting.
     pub async fn recover(&self, now: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let interrupted = sqlx::query(
             "UPDATE pushes SET state = 'retrying', next_attempt_at = ?, \
              last_error = COALESCE(last_error, 'interrupted: the process stopped mid-attempt') \
@@ -643,19 +658,19 @@ impl Store {
         Ok(interrupted)
     }
 
-    /// Remembers a multipart upload before its first part is sent.
-    pub async fn multipart_started(
+    /// Remembers a multipart upload about to be created (before `CreateMultipartUpload`).
+    pub async fn multipart_intent(
         &self,
-        upload_id: &str,
+        id: &str,
         push: &PushRow,
         bucket: &str,
         key: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO multipart_uploads (upload_id, env, name, destination, bucket, object_key) \
+            "INSERT INTO multipart_uploads (id, env, name, destination, bucket, object_key) \
              VALUES (?, ?, ?, ?, ?, ?)",
         )
-        .bind(upload_id)
+        .bind(id)
         .bind(&push.env)
         .bind(&push.name)
         .bind(&push.destination)
@@ -666,33 +681,42 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets a multipart upload (completed or aborted).
-    pub async fn multipart_ended(&self, upload_id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM multipart_uploads WHERE upload_id = ?")
+    /// Records the upload id `CreateMultipartUpload` answered.
+    pub async fn multipart_started(&self, id: &str, upload_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE multipart_uploads SET upload_id = ? WHERE id = ?")
             .bind(upload_id)
+            .bind(id)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
-    /// Multipart uploads left open by a previous run: `(upload_id, target, bucket, key)`.
-    pub async fn open_multiparts(
-        &self,
-    ) -> Result<Vec<(String, Target, String, String)>, StoreError> {
+    /// Forgets a multipart upload (completed or aborted).
+    pub async fn multipart_ended(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM multipart_uploads WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Multipart uploads a previous run left: `(id, upload_id, target, bucket, key)`.
+    pub async fn open_multiparts(&self) -> Result<Vec<OpenMultipart>, StoreError> {
         let rows = sqlx::query(
-            "SELECT m.upload_id, p.target, m.bucket, m.object_key FROM multipart_uploads m \
+            "SELECT m.id, m.upload_id, p.target, m.bucket, m.object_key FROM multipart_uploads m \
              JOIN pushes p ON p.env = m.env AND p.name = m.name AND p.destination = m.destination",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| {
-                Ok((
-                    r.get("upload_id"),
-                    serde_json::from_str(r.get::<&str, _>("target"))?,
-                    r.get("bucket"),
-                    r.get("object_key"),
-                ))
+                Ok(OpenMultipart {
+                    id: r.get("id"),
+                    upload_id: r.get("upload_id"),
+                    target: serde_json::from_str(r.get::<&str, _>("target"))?,
+                    bucket: r.get("bucket"),
+                    key: r.get("object_key"),
+                })
             })
             .collect()
     }

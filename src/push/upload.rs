@@ -215,18 +215,31 @@ impl Uploader {
         if bucket.encrypted() {
             create = create.server_side_encryption(ServerSideEncryption::Aes256);
         }
-        let created = create.send().await.map_err(sdk_error)?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| {
-                UploadError::new("NoUploadId", "CreateMultipartUpload without UploadId")
-            })?
-            .to_string();
-        if let Err(e) = store
-            .multipart_started(&upload_id, push, &bucket.bucket, &file.key)
+        // Written before the upload exists: a crash from here on leaves a trace to clean up.
+        let intent = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        store
+            .multipart_intent(&intent, push, &bucket.bucket, &file.key)
             .await
-        {
+            .map_err(|e| UploadError::new("Database", e.to_string()))?;
+        let created = match create.send().await {
+            Ok(created) => created,
+            Err(e) => {
+                // The store may have created it and lost the answer: clean up the key.
+                abort_all(bucket, &file.key, None).await;
+                let _ = store.multipart_ended(&intent).await;
+                return Err(sdk_error(e));
+            }
+        };
+        let Some(upload_id) = created.upload_id().map(str::to_string) else {
+            let _ = store.multipart_ended(&intent).await;
+            return Err(UploadError::new(
+                "NoUploadId",
+                "CreateMultipartUpload without UploadId",
+            ));
+        };
+        if let Err(e) = store.multipart_started(&intent, &upload_id).await {
             abort(bucket, &file.key, &upload_id).await;
+            let _ = store.multipart_ended(&intent).await;
             return Err(UploadError::new("Database", e.to_string()));
         }
         let result = self.parts(bucket, file, &upload_id).await;
@@ -251,7 +264,7 @@ impl Uploader {
         if result.is_err() {
             abort(bucket, &file.key, &upload_id).await;
         }
-        let _ = store.multipart_ended(&upload_id).await;
+        let _ = store.multipart_ended(&intent).await;
         result
     }
 
@@ -308,20 +321,47 @@ impl Uploader {
         Ok(parts)
     }
 
-    /// Aborts multipart uploads a previous run left open.
+    /// Aborts the multipart uploads a previous run left open: the one it recorded, and any
+    /// other of the same key the store lists (created, but killed before its answer).
     pub async fn abort_leftovers(&self, store: &Store) {
         let Ok(open) = store.open_multiparts().await else {
             return;
         };
-        for (upload_id, target, bucket_name, key) in open {
-            if let Ok(bucket) = self.bucket(&target).await {
-                let mut bucket = bucket;
-                bucket.bucket = bucket_name;
-                abort(&bucket, &key, &upload_id).await;
-                tracing::info!(%key, "aborted a multipart upload left open by the last run");
+        for left in open {
+            if let Ok(mut bucket) = self.bucket(&left.target).await {
+                bucket.bucket = left.bucket.clone();
+                abort_all(&bucket, &left.key, left.upload_id.as_deref()).await;
             }
-            let _ = store.multipart_ended(&upload_id).await;
+            let _ = store.multipart_ended(&left.id).await;
         }
+    }
+}
+
+/// Aborts `known` and every multipart upload of `key` the store lists.
+async fn abort_all(bucket: &Bucket, key: &str, known: Option<&str>) {
+    let mut ids: Vec<String> = known.iter().map(|s| s.to_string()).collect();
+    match bucket
+        .client
+        .list_multipart_uploads()
+        .bucket(&bucket.bucket)
+        .prefix(key)
+        .send()
+        .await
+    {
+        Ok(listed) => ids.extend(
+            listed
+                .uploads()
+                .iter()
+                .filter(|u| u.key() == Some(key))
+                .filter_map(|u| u.upload_id().map(str::to_string)),
+        ),
+        Err(e) => tracing::warn!(%key, error = %sdk_error(e), "cannot list multipart uploads"),
+    }
+    ids.sort();
+    ids.dedup();
+    for id in ids {
+        abort(bucket, key, &id).await;
+        tracing::info!(%key, "aborted an unfinished multipart upload");
     }
 }
 

@@ -132,6 +132,7 @@ impl S3Backend {
         let store = Arc::new(PolicyStore::default());
         let wrapper = PolicyFs {
             fs,
+            root: options.root.clone(),
             region: options.region.clone(),
             provider: options.provider,
             redirect_to_region: options.redirect_to_region.clone(),
@@ -174,18 +175,13 @@ impl S3Backend {
 
     /// Multipart uploads created and neither completed nor aborted.
     pub fn open_multipart_uploads(&self) -> usize {
-        std::fs::read_dir(&self.root)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter(|e| {
-                        let name = e.file_name();
-                        let name = name.to_string_lossy();
-                        name.starts_with(".upload-") && name.ends_with(".json")
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
+        count_open_uploads(&self.root)
+    }
+
+    /// A probe of [`S3Backend::open_multipart_uploads`] that can move into a task.
+    pub fn open_multipart_uploads_probe(&self) -> impl Fn() -> usize + Send + 'static {
+        let root = self.root.clone();
+        move || count_open_uploads(&root)
     }
 
     /// The bytes of a stored object, read from the backend's folder.
@@ -197,6 +193,22 @@ impl S3Backend {
     pub fn stop(&self) {
         let _ = self.stop.send(true);
     }
+}
+
+/// `.upload-{id}.json` files: s3s-fs keeps one per multipart upload until it ends.
+fn count_open_uploads(root: &std::path::Path) -> usize {
+    std::fs::read_dir(root)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with(".upload-") && name.ends_with(".json")
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 impl Drop for S3Backend {
@@ -316,6 +328,7 @@ impl PolicyStore {
 #[derive(Debug)]
 struct PolicyFs {
     fs: s3s_fs::FileSystem,
+    root: PathBuf,
     region: String,
     provider: Provider,
     redirect_to_region: Option<String>,
@@ -617,6 +630,52 @@ impl S3 for PolicyFs {
     ) -> S3Result<S3Response<s3s::dto::AbortMultipartUploadOutput>> {
         self.admit(&req)?;
         self.fs.abort_multipart_upload(req).await
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<s3s::dto::ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<s3s::dto::ListMultipartUploadsOutput>> {
+        self.admit(&req)?;
+        // s3s-fs keeps `.bucket-{b64}.object-{b64}.upload-{id}.metadata.json` per open upload.
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let bucket = req.input.bucket.clone();
+        let prefix = req.input.prefix.clone().unwrap_or_default();
+        let head = format!(".bucket-{}.object-", b64.encode(&bucket));
+        let mut uploads = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(rest) = name
+                    .strip_prefix(&head)
+                    .and_then(|r| r.strip_suffix(".metadata.json"))
+                else {
+                    continue;
+                };
+                let Some((key, id)) = rest.split_once(".upload-") else {
+                    continue;
+                };
+                let Ok(key) = b64
+                    .decode(key)
+                    .map(|k| String::from_utf8_lossy(&k).into_owned())
+                else {
+                    continue;
+                };
+                if key.starts_with(&prefix) {
+                    uploads.push(s3s::dto::MultipartUpload {
+                        key: Some(key),
+                        upload_id: Some(id.to_string()),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        Ok(S3Response::new(s3s::dto::ListMultipartUploadsOutput {
+            bucket: Some(bucket),
+            uploads: Some(uploads),
+            ..Default::default()
+        }))
     }
 
     async fn delete_objects(

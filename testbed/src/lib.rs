@@ -315,6 +315,9 @@ pub fn render_toml(config: &Config) -> String {
         }
         out.push('\n');
     }
+    if let Some(p) = &config.push {
+        render_push(&mut out, p);
+    }
     for r in &config.regions {
         let provider = match r.provider {
             Provider::Aws => "aws",
@@ -339,6 +342,59 @@ pub fn render_toml(config: &Config) -> String {
         );
     }
     out
+}
+
+/// The `[push]` table.
+fn render_push(out: &mut String, p: &s3edge::config::PushConfig) {
+    use std::fmt::Write as _;
+    let ms = |d: &[std::time::Duration]| {
+        d.iter()
+            .map(|d| format!("\"{}ms\"", d.as_millis()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "[push]\nlisten = \"{}\"\nspool = {:?}\nretry_delays = [{}]\nretention_timezone = {:?}\n\
+         concurrency = {}\nmultipart_threshold = {}\npart_size = {}\nmax_file_size = {}\n\
+         webhook_retry_delays = [{}]\nwebhook_timeout = \"{}ms\"",
+        p.listen,
+        p.spool.display().to_string(),
+        ms(&p.retry_delays),
+        p.retention_timezone.name(),
+        p.concurrency,
+        p.multipart_threshold,
+        p.part_size,
+        p.max_file_size,
+        ms(&p.webhook_retry_delays),
+        p.webhook_timeout.as_millis(),
+    );
+    match p.keep_failed {
+        s3edge::config::KeepFailed::Days(n) => {
+            let _ = writeln!(out, "keep_failed_days = {n}");
+        }
+        s3edge::config::KeepFailed::For(d) => {
+            let _ = writeln!(out, "keep_failed_for = \"{}ms\"", d.as_millis());
+        }
+    }
+    if let Some(day) = p.day_length {
+        let _ = writeln!(out, "day_length = \"{}ms\"", day.as_millis());
+    }
+    if let Some(url) = &p.edge_url {
+        let _ = writeln!(out, "edge_url = {url:?}");
+    }
+    if let Some(token) = &p.token {
+        let _ = writeln!(out, "token = {token:?}");
+    }
+    let edges: Vec<String> = p
+        .edges
+        .iter()
+        .map(|e| match &e.token {
+            Some(t) => format!("{{ admin = {:?}, token = {t:?} }}", e.admin),
+            None => format!("{{ admin = {:?} }}", e.admin),
+        })
+        .collect();
+    let _ = writeln!(out, "edges = [{}]\n", edges.join(", "));
 }
 
 /// The `credentials` inline table of a region.

@@ -22,6 +22,7 @@ mod observability;
 mod process;
 mod properties;
 mod push;
+mod push_crash;
 mod range;
 mod routing;
 mod tls;

@@ -117,12 +117,13 @@ pub fn spawn_gateway_env(
 /// Waits for a log line containing `needle`.
 pub fn wait_for_log(log: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match log.recv_timeout(left) {
             Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no log line with `{needle}`"),
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no log line with `{needle}`; the log:\n{}", seen.join("\n")),
         }
     }
 }

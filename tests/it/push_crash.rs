@@ -1,0 +1,234 @@
+//! `kill -9` of the real `s3edge` process in the middle of pushing many recordings (some
+//! multipart), restarted on the same spool: every committed recording ends `pushed`,
+//! byte-exact in the bucket, the spool holds none of them, and no multipart upload is left
+//! open in the bucket.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use s3edge::config::Config;
+use s3edge::push::client::PushClient;
+use s3edge::route::FileKind;
+use s3edge_testbed::Backends;
+use serde_json::Value;
+
+use crate::common::faults::{Fault, FaultProxy};
+use crate::common::process::{Spawned, spawn_gateway_with_log, wait_for_log};
+use crate::common::within;
+use crate::push::{pattern, test_push_config};
+
+const RECORDINGS: usize = 24;
+/// Every fourth recording has a raw file of three multipart parts.
+const LARGE_RAW: usize = 11 * 1024 * 1024;
+
+fn files_of(i: usize) -> Vec<(FileKind, Bytes)> {
+    let seed = u8::try_from(i % 250).unwrap();
+    let raw = if i % 4 == 0 { LARGE_RAW } else { 200 * 1024 };
+    vec![
+        (FileKind::Processed, pattern(400 * 1024, seed)),
+        (FileKind::Snapshot, pattern(30 * 1024, seed.wrapping_add(1))),
+        (
+            FileKind::Filmstrip,
+            pattern(80 * 1024, seed.wrapping_add(2)),
+        ),
+        (FileKind::Raw, pattern(raw, seed.wrapping_add(3))),
+    ]
+}
+
+/// Starts `s3edge serve` and reads the push API's address from its log.
+fn spawn(config: &std::path::Path) -> (Spawned, SocketAddr) {
+    let (child, _gateway, log) = spawn_gateway_with_log(config);
+    let line = wait_for_log(&log, "push API listening");
+    let start = line.find("\"addr\":\"").unwrap() + 8;
+    let addr = line[start..].split('"').next().unwrap().parse().unwrap();
+    (child, addr)
+}
+
+/// Uploads and commits recording `i`; `false` when the service stopped answering.
+async fn upload(client: &PushClient, dir: &std::path::Path, i: usize) -> bool {
+    let name = format!("rec-{i}");
+    for (kind, body) in files_of(i) {
+        let file = dir.join(format!("{name}{}", kind.suffix()));
+        std::fs::write(&file, &body).unwrap();
+        match within(client.put_file("crash", &file, None)).await {
+            Ok(reply) => assert_eq!(reply.status, http::StatusCode::CREATED, "{name}"),
+            Err(_) => return false,
+        }
+    }
+    match within(client.call(
+        Method::POST,
+        &format!("/v1/recordings/crash/{name}/commit"),
+        Bytes::new(),
+    ))
+    .await
+    {
+        Ok(reply) => {
+            assert_eq!(reply.status, http::StatusCode::ACCEPTED);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+async fn state(client: &PushClient, name: &str) -> String {
+    let reply = within(client.call(
+        Method::GET,
+        &format!("/v1/recordings/crash/{name}"),
+        Bytes::new(),
+    ))
+    .await
+    .unwrap();
+    let v: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+    v["state"].as_str().unwrap_or("-").to_string()
+}
+
+// Multi-threaded: the fault proxy keeps serving while the test waits for log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_push_loses_nothing_and_leaves_no_multipart_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = within(Backends::start(&dir.path().join("backends")))
+        .await
+        .unwrap();
+    for region in &backends.regions {
+        within(s3edge_testbed::writer(region).ensure_bucket())
+            .await
+            .unwrap();
+    }
+    let mut config = Config::for_regions(backends.regions.clone(), "127.0.0.1:0".parse().unwrap());
+    // A slow bucket (every answer trickles), so pushes are still running when the process dies.
+    let eu1_addr: SocketAddr = config.regions[0]
+        .endpoint
+        .authority()
+        .unwrap()
+        .as_str()
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(eu1_addr);
+    proxy.set(Fault::Trickle {
+        bytes: 128,
+        every: Duration::from_millis(20),
+    });
+    config.regions[0].endpoint = proxy.endpoint();
+    // The gateway listener is there only so the process logs "listening" like every run.
+    let mut push = test_push_config(dir.path().join("spool"));
+    push.concurrency = 4;
+    config.push = Some(push);
+    let path = dir.path().join("s3edge.toml");
+    std::fs::write(&path, s3edge_testbed::render_toml(&config)).unwrap();
+
+    let (mut child, api) = spawn(&path);
+    let client = PushClient::new(&format!("http://{api}"), None);
+    let env = serde_json::json!({"account": "CRASH", "region": "eu1"}).to_string();
+    let reply = within(client.call(Method::PUT, "/v1/environments/crash", env.into()))
+        .await
+        .unwrap();
+    assert!(reply.status.is_success());
+    let upload_dir = tempfile::tempdir().unwrap();
+    // Once half the recordings are committed, the first multipart upload seen open in the
+    // bucket triggers `kill -9`.
+    let armed = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(AtomicBool::new(false));
+    let open_at_kill = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let (armed, killed, open_at_kill) = (armed.clone(), killed.clone(), open_at_kill.clone());
+        let uploads = backends.backends[0].open_multipart_uploads_probe();
+        let pid = child.id();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                let open = uploads();
+                if armed.load(Ordering::SeqCst) && open > 0 {
+                    open_at_kill.store(open, Ordering::SeqCst);
+                    killed.store(true, Ordering::SeqCst);
+                    let _ = std::process::Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let mut committed = 0;
+    for i in 0..RECORDINGS {
+        if killed.load(Ordering::SeqCst) || !upload(&client, upload_dir.path(), i).await {
+            break;
+        }
+        committed = i + 1;
+        if i + 1 == RECORDINGS / 2 {
+            armed.store(true, Ordering::SeqCst);
+        }
+    }
+    within(watcher).await.unwrap();
+    assert!(
+        killed.load(Ordering::SeqCst),
+        "no multipart upload was seen open"
+    );
+    let _ = child.wait();
+    drop(child);
+    let unfinished = (0..committed)
+        .filter(|i| {
+            std::fs::read_dir(
+                dir.path()
+                    .join("spool/files/crash")
+                    .join(format!("rec-{i}")),
+            )
+            .is_ok()
+        })
+        .count();
+    proxy.set(Fault::Pass);
+
+    let (_child, api) = spawn(&path);
+    let eu1 = &backends.backends[0];
+    let client = PushClient::new(&format!("http://{api}"), None);
+    // What was not acknowledged before the kill is handed over again.
+    for i in committed..RECORDINGS {
+        assert!(
+            upload(&client, upload_dir.path(), i).await,
+            "rec-{i} after the restart"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0..RECORDINGS {
+        let name = format!("rec-{i}");
+        loop {
+            let s = state(&client, &name).await;
+            if s == "pushed" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name} is {s}, not pushed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (kind, body) in files_of(i) {
+            let key = format!("CRASH/{name}{}", kind.suffix());
+            let stored = eu1
+                .object("eu1-addpipe", &key)
+                .expect("object in the bucket");
+            assert!(stored == body, "{key}: bytes differ");
+        }
+    }
+    // The spool lets go of pushed recordings; the bucket has no open multipart upload.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = std::fs::read_dir(dir.path().join("spool/files/crash"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let open = eu1.open_multipart_uploads();
+        if left == 0 && open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} recordings still spooled, {open} multipart uploads open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "at the kill: {} multipart uploads open, {unfinished} of {committed} committed recordings not yet pushed",
+        open_at_kill.load(Ordering::SeqCst)
+    );
+}
