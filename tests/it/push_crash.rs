@@ -27,7 +27,11 @@ const LARGE_RAW: usize = 11 * 1024 * 1024;
 
 fn files_of(i: usize) -> Vec<(FileKind, Bytes)> {
     let seed = u8::try_from(i % 250).unwrap();
-    let raw = if i % 4 == 0 { LARGE_RAW } else { 200 * 1024 };
+    let raw = if i.is_multiple_of(4) {
+        LARGE_RAW
+    } else {
+        200 * 1024
+    };
     vec![
         (FileKind::Processed, pattern(400 * 1024, seed)),
         (FileKind::Snapshot, pattern(30 * 1024, seed.wrapping_add(1))),
