@@ -242,23 +242,32 @@ impl Uploader {
             let _ = store.multipart_ended(&intent).await;
             return Err(UploadError::new("Database", e.to_string()));
         }
-        let result = self.parts(bucket, file, &upload_id).await;
-        let result = match result {
-            Ok(parts) => bucket
-                .client
-                .complete_multipart_upload()
-                .bucket(&bucket.bucket)
-                .key(&file.key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(sdk_error),
+        let result = match self.parts(bucket, file, &upload_id).await {
+            Ok(parts) => {
+                let completed = bucket
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(&bucket.bucket)
+                    .key(&file.key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(sdk_error);
+                match completed {
+                    // The answer was lost or unreadable, but the store may have completed it.
+                    Err(e) if completed_anyway(bucket, &file.key, &upload_id, file.bytes).await => {
+                        tracing::info!(key = %file.key, error = %e, "CompleteMultipartUpload answered badly, but the object is complete");
+                        Ok(())
+                    }
+                    other => other,
+                }
+            }
             Err(e) => Err(e),
         };
         if result.is_err() {
@@ -334,6 +343,37 @@ impl Uploader {
             }
             let _ = store.multipart_ended(&left.id).await;
         }
+    }
+}
+
+/// Whether a multipart upload whose completion answered with an error did complete: the
+/// upload is gone and the object has the file's size.
+async fn completed_anyway(bucket: &Bucket, key: &str, upload_id: &str, bytes: u64) -> bool {
+    let upload_gone = match bucket
+        .client
+        .list_parts()
+        .bucket(&bucket.bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await
+    {
+        Ok(_) => false,
+        Err(e) => sdk_error(e).code == "NoSuchUpload",
+    };
+    if !upload_gone {
+        return false;
+    }
+    match bucket
+        .client
+        .head_object()
+        .bucket(&bucket.bucket)
+        .key(key)
+        .send()
+        .await
+    {
+        Ok(head) => head.content_length().and_then(|n| u64::try_from(n).ok()) == Some(bytes),
+        Err(_) => false,
     }
 }
 
@@ -522,11 +562,12 @@ where
         _ => "Unknown".into(),
     };
     let message = match &error {
-        SdkError::ServiceError(e) => e
-            .err()
-            .message()
-            .map(str::to_string)
-            .unwrap_or_else(|| error.to_string()),
+        SdkError::ServiceError(e) => e.err().message().map(str::to_string).unwrap_or_else(|| {
+            // No S3 error document: say what the store did answer.
+            let body = e.raw().body().bytes().unwrap_or_default();
+            let body = String::from_utf8_lossy(&body[..body.len().min(2000)]).into_owned();
+            format!("{} ({}): {body}", error, e.err())
+        }),
         _ => std::error::Error::source(&error).map_or_else(|| error.to_string(), |s| s.to_string()),
     };
     UploadError { code, message }

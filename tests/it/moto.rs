@@ -264,3 +264,99 @@ async fn the_cache_answers_a_second_request_and_503s_are_retried_with_moto() {
     assert_eq!(proxy.connections(), asked, "a hit does not ask moto");
     let _: HeaderMap = second.headers;
 }
+
+/// The push service against moto, the second implementation: every object lands with its
+/// bytes, storage class, encryption and Content-Type per provider, multipart above the
+/// threshold, and no multipart upload is left open.
+#[tokio::test]
+async fn push_to_moto_follows_the_policy() {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let moto = Moto::start();
+    let regions = moto_regions(moto.addr);
+    let dir = tempfile::tempdir().unwrap();
+    for region in &regions {
+        within(s3edge_testbed::writer(region).ensure_bucket())
+            .await
+            .unwrap();
+    }
+    let mut config = Config::for_regions(regions.clone(), "127.0.0.1:0".parse().unwrap());
+    config.http_listeners.clear();
+    config.push = Some(crate::push::test_push_config(dir.path().join("spool")));
+    let (api, _stop, _task) = crate::push::serve_push(&config).await;
+    let client = s3edge::push::client::PushClient::new(&format!("http://{api}"), None);
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(format!("http://{}", moto.addr))
+            .force_path_style(true)
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
+            .build(),
+    );
+    let files = crate::push::recording(11 * 1024 * 1024);
+    let upload_dir = tempfile::tempdir().unwrap();
+    for (env, region) in [("moto-aws", "eu1"), ("moto-scw", "eu2")] {
+        let body = serde_json::json!({"account": "MOTO", "region": region}).to_string();
+        let reply =
+            within(client.call(Method::PUT, &format!("/v1/environments/{env}"), body.into()))
+                .await
+                .unwrap();
+        assert!(reply.status.is_success());
+        for (kind, bytes) in &files {
+            let path = upload_dir.path().join(format!("rec{}", kind.suffix()));
+            std::fs::write(&path, bytes).unwrap();
+            let reply = within(client.put_file(env, &path, None)).await.unwrap();
+            assert_eq!(reply.status, StatusCode::CREATED);
+        }
+        let reply = within(client.call(
+            Method::POST,
+            &format!("/v1/recordings/{env}/rec/commit"),
+            Bytes::new(),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(reply.status, StatusCode::ACCEPTED);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let reply = within(client.call(
+                Method::GET,
+                &format!("/v1/recordings/{env}/rec"),
+                Bytes::new(),
+            ))
+            .await
+            .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            if v["state"] == "pushed" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "not pushed: {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let bucket = format!("{region}-addpipe");
+        for (kind, bytes) in &files {
+            let key = format!("MOTO/rec{}", kind.suffix());
+            let got = within(s3.get_object().bucket(&bucket).key(&key).send())
+                .await
+                .unwrap();
+            assert_eq!(got.content_type(), Some(kind.content_type()), "{key}");
+            let class = got.storage_class().map(|c| c.as_str().to_string());
+            let sse = got.server_side_encryption().map(|s| s.as_str().to_string());
+            let (want_class, want_sse) = match (region, kind) {
+                ("eu2", _) => (None, None),
+                (_, FileKind::Processed) => (Some("INTELLIGENT_TIERING"), Some("AES256")),
+                (_, FileKind::Raw) => (Some("STANDARD_IA"), Some("AES256")),
+                _ => (None, Some("AES256")),
+            };
+            // S3 (and moto) leave out x-amz-storage-class for STANDARD.
+            assert_eq!(class.as_deref(), want_class, "{key}");
+            assert_eq!(sse.as_deref(), want_sse, "{key}");
+            let body = within(got.body.collect()).await.unwrap().into_bytes();
+            assert!(body == *bytes, "{key}: bytes differ");
+        }
+        let open = within(s3.list_multipart_uploads().bucket(&bucket).send())
+            .await
+            .unwrap();
+        assert!(open.uploads().is_empty(), "multipart uploads left open");
+    }
+}

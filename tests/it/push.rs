@@ -226,7 +226,7 @@ impl Drop for PushHarness {
     }
 }
 
-async fn serve_push(
+pub(crate) async fn serve_push(
     config: &Config,
 ) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
