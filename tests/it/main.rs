@@ -22,7 +22,7 @@ mod observability;
 mod process;
 mod properties;
 mod push;
-mod push_crash;
+mod push_process;
 mod range;
 mod routing;
 mod tls;

@@ -1,4 +1,4 @@
-//! `kill -9` of the real `s3edge` process in the middle of pushing many recordings (some
+//! The push service as the `s3edge` binary: `kill -9` of the real process in the middle of pushing many recordings (some
 //! multipart), restarted on the same spool: every committed recording ends `pushed`,
 //! byte-exact in the bucket, the spool holds none of them, and no multipart upload is left
 //! open in the bucket.
@@ -234,5 +234,138 @@ async fn kill_9_mid_push_loses_nothing_and_leaves_no_multipart_upload() {
     eprintln!(
         "at the kill: {} multipart uploads open, {unfinished} of {committed} committed recordings not yet pushed",
         open_at_kill.load(Ordering::SeqCst)
+    );
+}
+
+/// The operator's tools against a running process: `s3edge push put|commit|status|retry`,
+/// `s3edge urls`, and the `s3edge_push_` series on `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_and_the_metrics_of_a_running_push_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = within(Backends::start(&dir.path().join("backends")))
+        .await
+        .unwrap();
+    for region in &backends.regions {
+        within(s3edge_testbed::writer(region).ensure_bucket())
+            .await
+            .unwrap();
+    }
+    let mut config = Config::for_regions(backends.regions.clone(), "127.0.0.1:0".parse().unwrap());
+    let mut push = test_push_config(dir.path().join("spool"));
+    push.token = Some("cli-token-0123456789".into());
+    config.push = Some(push);
+    let path = dir.path().join("s3edge.toml");
+    std::fs::write(&path, s3edge_testbed::render_toml(&config)).unwrap();
+    let (_child, api) = spawn(&path);
+    let url = format!("http://{api}");
+    let client = PushClient::new(&url, Some("cli-token-0123456789".into()));
+    let env = serde_json::json!({"account": "CLI", "region": "us2"}).to_string();
+    let reply = within(client.call(Method::PUT, "/v1/environments/cli", env.into()))
+        .await
+        .unwrap();
+    assert!(reply.status.is_success());
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let mut paths = Vec::new();
+    for (kind, body) in files_of(1) {
+        let p = files.join(format!("take-1{}", kind.suffix()));
+        std::fs::write(&p, &body).unwrap();
+        paths.push(p);
+    }
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(crate::common::process::BIN)
+            .arg("push")
+            .args(["--url", &url])
+            .args(args)
+            .env("S3EDGE_PUSH_TOKEN", "cli-token-0123456789")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Files named take-1*, uploaded as recording "rec-cli".
+    let mut put = vec!["put", "--env", "cli", "--name", "rec-cli"];
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    put.extend(names.iter().map(String::as_str));
+    let (ok, out, err) = cli(&put);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(out.contains("\"file\":\"rec-cli_raw.mp4\""), "{out}");
+    let (ok, out, err) = cli(&["commit", "--env", "cli", "--name", "rec-cli"]);
+    assert!(ok, "{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, _) = cli(&["status", "--env", "cli", "--name", "rec-cli"]);
+        assert!(ok);
+        if out.contains("\"state\":\"pushed\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A retry of a pushed recording is refused, with the API's error and a failing exit.
+    let (ok, out, err) = cli(&["retry", "--env", "cli", "--name", "rec-cli"]);
+    assert!(!ok);
+    assert!(out.contains("\"error\":\"conflict\""), "{out}");
+    assert!(err.contains("409"), "{err}");
+    // A wrong token changes nothing.
+    let out = std::process::Command::new(crate::common::process::BIN)
+        .args([
+            "push",
+            "--url",
+            &url,
+            "--token",
+            "wrong-token-0123456789",
+            "commit",
+            "--env",
+            "cli",
+            "--name",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unauthorized"));
+
+    // `s3edge urls` with the config: its hosts and edge URLs.
+    let out = std::process::Command::new(crate::common::process::BIN)
+        .args(["urls", "--config"])
+        .arg(&path)
+        .args(["--region", "us2", "--account", "CLI", "--name", "rec-cli"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let urls: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        urls["origin"]["_filmstrip.jpg"],
+        "https://us2-addpipe.s3.us-east-1.amazonaws.com/CLI/rec-cli_filmstrip.jpg"
+    );
+    assert_eq!(
+        urls["edge"][".mp4"],
+        "https://edge.test/us2/CLI/rec-cli.mp4"
+    );
+
+    // Metrics: recordings by state, attempts, bytes, spool.
+    let reply = within(client.call(Method::GET, "/metrics", Bytes::new()))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&reply.body);
+    for needle in [
+        "s3edge_push_recordings{state=\"pushed\"} 1",
+        "s3edge_push_attempts_total{destination=\"complimentary\"} 1",
+        "s3edge_push_upload_duration_seconds_count 4",
+        "s3edge_push_spool_bytes",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    let total: u64 = files_of(1).iter().map(|(_, b)| b.len() as u64).sum();
+    assert!(
+        text.contains(&format!(
+            "s3edge_push_bytes_total{{destination=\"complimentary\"}} {total}"
+        )),
+        "{text}"
     );
 }
