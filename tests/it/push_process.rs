@@ -1,7 +1,7 @@
-//! The push service as the `s3edge` binary: `kill -9` of the real process in the middle of pushing many recordings (some
-//! multipart), restarted on the same spool: every committed recording ends `pushed`,
-//! byte-exact in the bucket, the spool holds none of them, and no multipart upload is left
-//! open in the bucket.
+//! The push service as the `s3edge` binary. `kill -9` in the middle of pushing many
+//! recordings (some multipart), restarted on the same spool: every committed recording ends
+//! `pushed`, byte-exact in the bucket, the spool holds none of them, and no multipart upload
+//! is left open. And the operator's CLI and metrics against the running process.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
