@@ -135,7 +135,7 @@ fn broken_files_get_exact_messages() {
         ),
         (
             GOOD.replace("provider = \"aws\"", "provider = \"aws\"\ncolour = 1"),
-            "test.toml:11: regions.eu1.colour: unknown key (known: hosts, endpoint, bucket, signing_region, addressing, key_prefix, provider, connect_to, credentials, timeouts)",
+            "test.toml:11: regions.eu1.colour: unknown key (known: hosts, endpoint, bucket, signing_region, addressing, key_prefix, provider, connect_to, credentials, push_credentials, timeouts)",
         ),
         (
             GOOD.replace("EU1_SECRET", "EMPTY"),

@@ -121,6 +121,14 @@ pub async fn run(
         );
     }
     shared.uploader.abort_leftovers(&shared.store).await;
+    // Files whose release was recorded but not carried out before a crash.
+    for (env, name) in shared.spool.recordings().await {
+        if let Ok(false) = shared.store.files_kept(&env, &name).await
+            && let Err(e) = shared.spool.remove(&env, &name).await
+        {
+            tracing::warn!(%env, %name, error = %e, "spool leftovers not removed");
+        }
+    }
     let dispatcher = worker::Dispatcher::new(shared.clone(), shared.push.concurrency);
     tokio::spawn(dispatcher.run(shared.wake.clone(), stop.clone()));
     tokio::spawn(deliverer.run(shared.webhook_wake.clone(), stop.clone()));

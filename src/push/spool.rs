@@ -148,6 +148,30 @@ impl Spool {
         Ok(())
     }
 
+    /// Every `(env, name)` with a folder in the spool.
+    pub async fn recordings(&self) -> Vec<(String, String)> {
+        let root = self.root.join("files");
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for env in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                let env_name = env.file_name().to_string_lossy().into_owned();
+                for rec in std::fs::read_dir(env.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    out.push((
+                        env_name.clone(),
+                        rec.file_name().to_string_lossy().into_owned(),
+                    ));
+                }
+            }
+            out
+        })
+        .await
+        .unwrap_or_default()
+    }
+
     /// Bytes held in the spool's files (metrics).
     pub async fn bytes(&self) -> u64 {
         let root = self.root.join("files");

@@ -625,6 +625,16 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the spool should still hold a recording's files (unknown recordings: no).
+    pub async fn files_kept(&self, env: &str, name: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT files_kept FROM recordings WHERE env = ? AND name = ?")
+            .bind(env)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some_and(|r| r.get::<bool, _>("files_kept")))
+    }
+
     /// Recordings whose files should leave the spool: pushed or skipped with files kept,
     /// and failed ones past `keep_until`.
     pub async fn spool_releasable(&self, now: i64) -> Result<Vec<(String, String)>, StoreError> {

@@ -192,7 +192,15 @@ impl Uploader {
         if bucket.encrypted() {
             request = request.server_side_encryption(ServerSideEncryption::Aes256);
         }
-        request.send().await.map(|_| ()).map_err(sdk_error)
+        // The body's SHA-256 is in x-amz-checksum-sha256 (the store verifies it): signing the
+        // payload too would hash it again, and the SDK buffers a body to hash it over http.
+        request
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(sdk_error)
     }
 
     async fn multipart(
@@ -310,6 +318,8 @@ impl Uploader {
                     .content_length(i64::try_from(length).unwrap_or(i64::MAX))
                     .checksum_sha256(b64(&sha))
                     .body(body)
+                    .customize()
+                    .disable_payload_signing()
                     .send()
                     .await
                     .map_err(sdk_error)?;

