@@ -369,6 +369,35 @@ impl PolicyFs {
         }
     }
 
+    /// The storage class and encryption of a write, as this provider accepts them.
+    fn write_policy(
+        &self,
+        class: Option<StorageClass>,
+        sse: Option<ServerSideEncryption>,
+    ) -> S3Result<StoredPolicy> {
+        let class = class.map_or_else(|| "STANDARD".to_string(), |c| c.as_str().to_string());
+        if !self.allowed_storage_class(&class) {
+            return Err(s3_error!(
+                InvalidStorageClass,
+                "storage class {class} is not offered here"
+            ));
+        }
+        let sse = sse.map(|s| s.as_str().to_string());
+        match (self.provider, sse.as_deref()) {
+            (_, None) | (Provider::Aws, Some("AES256" | "aws:kms")) => {}
+            _ => {
+                return Err(s3_error!(
+                    NotImplemented,
+                    "server-side encryption is not offered here"
+                ));
+            }
+        }
+        Ok(StoredPolicy {
+            storage_class: class,
+            sse,
+        })
+    }
+
     fn allowed_storage_class(&self, class: &str) -> bool {
         match self.provider {
             Provider::Aws => matches!(
@@ -510,42 +539,15 @@ impl S3 for PolicyFs {
         mut req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         self.admit(&req)?;
-        let class = req
-            .input
-            .storage_class
-            .take()
-            .map_or_else(|| "STANDARD".to_string(), |c| c.as_str().to_string());
-        if !self.allowed_storage_class(&class) {
-            return Err(s3_error!(
-                InvalidStorageClass,
-                "storage class {class} is not offered here"
-            ));
-        }
-        let sse = req
-            .input
-            .server_side_encryption
-            .take()
-            .map(|s| s.as_str().to_string());
-        match (self.provider, sse.as_deref()) {
-            (_, None) | (Provider::Aws, Some("AES256" | "aws:kms")) => {}
-            _ => {
-                return Err(s3_error!(
-                    NotImplemented,
-                    "server-side encryption is not offered here"
-                ));
-            }
-        }
+        let policy = self.write_policy(
+            req.input.storage_class.take(),
+            req.input.server_side_encryption.take(),
+        )?;
+        let sse = policy.sse.clone();
         let bucket = req.input.bucket.clone();
         let key = req.input.key.clone();
         let mut response = self.fs.put_object(req).await?;
-        self.store.set(
-            &bucket,
-            &key,
-            StoredPolicy {
-                storage_class: class,
-                sse: sse.clone(),
-            },
-        );
+        self.store.set(&bucket, &key, policy);
         response.output.server_side_encryption = sse.map(ServerSideEncryption::from);
         Ok(response)
     }
@@ -555,40 +557,16 @@ impl S3 for PolicyFs {
         mut req: S3Request<s3s::dto::CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<s3s::dto::CreateMultipartUploadOutput>> {
         self.admit(&req)?;
-        let class = req
-            .input
-            .storage_class
-            .take()
-            .map_or_else(|| "STANDARD".to_string(), |c| c.as_str().to_string());
-        if !self.allowed_storage_class(&class) {
-            return Err(s3_error!(
-                InvalidStorageClass,
-                "storage class {class} is not offered here"
-            ));
-        }
-        let sse = req
-            .input
-            .server_side_encryption
-            .take()
-            .map(|s| s.as_str().to_string());
-        if self.provider == Provider::Scaleway && sse.is_some() {
-            return Err(s3_error!(
-                NotImplemented,
-                "server-side encryption is not offered here"
-            ));
-        }
+        let policy = self.write_policy(
+            req.input.storage_class.take(),
+            req.input.server_side_encryption.take(),
+        )?;
         let bucket = req.input.bucket.clone();
         let key = req.input.key.clone();
         let response = self.fs.create_multipart_upload(req).await?;
         if let Some(id) = &response.output.upload_id {
-            self.store.set(
-                &bucket,
-                &format!("{key}#upload:{id}"),
-                StoredPolicy {
-                    storage_class: class,
-                    sse,
-                },
-            );
+            self.store
+                .set(&bucket, &format!("{key}#upload:{id}"), policy);
         }
         Ok(response)
     }
