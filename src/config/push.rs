@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::document::Section;
-use super::read::{Env, secret};
+use super::read::{Env, guarded_listener, secret};
 
 /// The push service.
 #[derive(Debug, Clone)]
@@ -82,30 +82,7 @@ pub const DEFAULT_WEBHOOK_DELAYS: [u64; 6] = [60, 5 * 60, 30 * 60, 2 * 3600, 6 *
 
 /// Reads `[push]`.
 pub(super) fn push(t: &Section<'_, '_>, env: Env<'_>) -> Option<PushConfig> {
-    let listen = t
-        .required_string("listen")
-        .and_then(|l| match l.parse::<SocketAddr>() {
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                t.problem(
-                    "listen",
-                    format!("{l:?} is not an IP:port address; write e.g. \"127.0.0.1:9093\""),
-                );
-                None
-            }
-        });
-    let token = secret(t, "token", false, env);
-    if let Some(addr) = listen
-        && !addr.ip().is_loopback()
-        && token.is_none()
-        && !t.has("token")
-        && !t.has("token_env")
-    {
-        t.problem(
-            "token",
-            "required when push.listen is not a loopback address",
-        );
-    }
+    let (listen, token) = guarded_listener(t, env, "127.0.0.1:9093");
     let spool = t.required_string("spool").map(PathBuf::from);
     let retry_delays = durations(t, "retry_delays", &DEFAULT_RETRY_DELAYS);
     if retry_delays.len() > 100 {

@@ -218,6 +218,21 @@ fn cache(t: Option<&Section<'_, '_>>) -> CacheConfig {
 }
 
 fn admin(t: &Section<'_, '_>, env: Env<'_>) -> Option<AdminConfig> {
+    let (listen, token) = guarded_listener(t, env, "127.0.0.1:9091");
+    t.finish();
+    Some(AdminConfig {
+        listen: listen?,
+        token,
+    })
+}
+
+/// `listen` and its bearer `token` / `token_env` (admin, push): a token of at least 16
+/// characters, required when the address is not loopback.
+pub(super) fn guarded_listener(
+    t: &Section<'_, '_>,
+    env: Env<'_>,
+    example: &str,
+) -> (Option<SocketAddr>, Option<String>) {
     let listen = t
         .required_string("listen")
         .and_then(|l| match l.parse::<SocketAddr>() {
@@ -225,7 +240,7 @@ fn admin(t: &Section<'_, '_>, env: Env<'_>) -> Option<AdminConfig> {
             Err(_) => {
                 t.problem(
                     "listen",
-                    format!("{l:?} is not an IP:port address; write e.g. \"127.0.0.1:9091\""),
+                    format!("{l:?} is not an IP:port address; write e.g. \"{example}\""),
                 );
                 None
             }
@@ -242,14 +257,13 @@ fn admin(t: &Section<'_, '_>, env: Env<'_>) -> Option<AdminConfig> {
     {
         t.problem(
             "token",
-            "required when admin.listen is not a loopback address",
+            format!(
+                "required when {} is not a loopback address",
+                t.key("listen")
+            ),
         );
     }
-    t.finish();
-    Some(AdminConfig {
-        listen: listen?,
-        token,
-    })
+    (listen, token)
 }
 
 /// A secret given inline (`name`) or by the environment variable `name_env` names.

@@ -34,6 +34,19 @@ pub(crate) struct PushHarness {
     pub dir: tempfile::TempDir,
 }
 
+/// The four backends under `dir`, each with its region's bucket.
+pub(crate) async fn backends_with_buckets(dir: &std::path::Path) -> Backends {
+    let backends = within(Backends::start(&dir.join("backends")))
+        .await
+        .unwrap();
+    for region in &backends.regions {
+        within(s3edge_testbed::writer(region).ensure_bucket())
+            .await
+            .unwrap();
+    }
+    backends
+}
+
 /// `[push]` for tests: sub-second schedule, small multipart threshold.
 pub(crate) fn test_push_config(spool: std::path::PathBuf) -> PushConfig {
     PushConfig {
@@ -58,14 +71,7 @@ pub(crate) fn test_push_config(spool: std::path::PathBuf) -> PushConfig {
 impl PushHarness {
     pub(crate) async fn start(adjust: impl FnOnce(&mut Config)) -> PushHarness {
         let dir = tempfile::tempdir().unwrap();
-        let backends = within(Backends::start(&dir.path().join("backends")))
-            .await
-            .unwrap();
-        for region in &backends.regions {
-            within(s3edge_testbed::writer(region).ensure_bucket())
-                .await
-                .unwrap();
-        }
+        let backends = backends_with_buckets(dir.path()).await;
         let mut config =
             Config::for_regions(backends.regions.clone(), "127.0.0.1:0".parse().unwrap());
         config.http_listeners.clear();

@@ -13,13 +13,12 @@ use http::Method;
 use s3edge::config::Config;
 use s3edge::push::client::PushClient;
 use s3edge::route::FileKind;
-use s3edge_testbed::Backends;
 use serde_json::Value;
 
 use crate::common::faults::{Fault, FaultProxy};
 use crate::common::process::{Spawned, spawn_gateway_with_log, wait_for_log};
 use crate::common::within;
-use crate::push::{pattern, test_push_config};
+use crate::push::{backends_with_buckets, pattern, test_push_config};
 
 const RECORDINGS: usize = 24;
 /// Every fourth recording has a raw file of three multipart parts.
@@ -94,14 +93,7 @@ async fn state(client: &PushClient, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_push_loses_nothing_and_leaves_no_multipart_upload() {
     let dir = tempfile::tempdir().unwrap();
-    let backends = within(Backends::start(&dir.path().join("backends")))
-        .await
-        .unwrap();
-    for region in &backends.regions {
-        within(s3edge_testbed::writer(region).ensure_bucket())
-            .await
-            .unwrap();
-    }
+    let backends = backends_with_buckets(dir.path()).await;
     let mut config = Config::for_regions(backends.regions.clone(), "127.0.0.1:0".parse().unwrap());
     // A slow bucket (every answer trickles), so pushes are still running when the process dies.
     let eu1_addr: SocketAddr = config.regions[0]
@@ -242,14 +234,7 @@ async fn kill_9_mid_push_loses_nothing_and_leaves_no_multipart_upload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_and_the_metrics_of_a_running_push_service() {
     let dir = tempfile::tempdir().unwrap();
-    let backends = within(Backends::start(&dir.path().join("backends")))
-        .await
-        .unwrap();
-    for region in &backends.regions {
-        within(s3edge_testbed::writer(region).ensure_bucket())
-            .await
-            .unwrap();
-    }
+    let backends = backends_with_buckets(dir.path()).await;
     let mut config = Config::for_regions(backends.regions.clone(), "127.0.0.1:0".parse().unwrap());
     let mut push = test_push_config(dir.path().join("spool"));
     push.token = Some("cli-token-0123456789".into());
