@@ -53,7 +53,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     s3edge::logging::init(cli.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The blocking pool serves file I/O (spool, uploads) and DNS; each of its threads keeps an
+    // allocator heap, so a bound on them is a bound on memory (push of 3 × 1 GiB: 46 threads
+    // and 181 MiB RSS unbounded).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(32)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("s3edge: cannot start the runtime: {e}");

@@ -11,6 +11,7 @@
 #   - s3edge: every file is PUT to the push API (streamed into the spool and fsync'd), each
 #     recording committed, and pushed; the time runs from the first PUT to the last `pushed`,
 #     so s3edge pays for receiving, fsync and every committed state change on top of the upload.
+# PERF_DATA=FILE records the push process with `perf` during its run.
 # Reported: seconds and MB/s per uploader, the ratio to s5cmd, and s3edge's peak RSS.
 set -euo pipefail
 
@@ -18,6 +19,7 @@ RECORDINGS=${RECORDINGS:-200}
 BIG_FILES=${BIG_FILES:-3}
 BIG_SIZE=${BIG_SIZE:-1073741824}
 PARALLEL=${PARALLEL:-8}
+PEERS=${PEERS:-s5cmd rclone aws}   # the peers to run (s5cmd is the reference of the ratio)
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 for tool in s5cmd rclone aws curl; do
@@ -86,7 +88,8 @@ run() { # name, command...
   echo "$name: ${secs} s, ${mbs} MB/s"
 }
 
-run s5cmd s5cmd --endpoint-url "$endpoint" cp "$src/*" "s3://eu1-addpipe/s5cmd/"
+want() { [[ " $PEERS " == *" $1 "* ]]; }
+want s5cmd && run s5cmd s5cmd --endpoint-url "$endpoint" cp "$src/*" "s3://eu1-addpipe/s5cmd/"
 cat >"$work/rclone.conf" <<EOF
 [bench]
 type = s3
@@ -98,8 +101,8 @@ endpoint = $endpoint
 force_path_style = true
 list_version = 2
 EOF
-run rclone env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" copy --transfers "$PARALLEL" "$src" bench:eu1-addpipe/rclone
-run aws aws --endpoint-url "$endpoint" s3 cp --recursive --only-show-errors "$src" s3://eu1-addpipe/awscli/
+want rclone && run rclone env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" copy --transfers "$PARALLEL" "$src" bench:eu1-addpipe/rclone
+want aws && run aws aws --endpoint-url "$endpoint" s3 cp --recursive --only-show-errors "$src" s3://eu1-addpipe/awscli/
 
 # s3edge: the push service alone, on the same backend.
 api_port=$(free_port)
@@ -147,7 +150,13 @@ push_all() {
     sleep 0.05
   done
 }
+if [ -n "${PERF_DATA:-}" ]; then
+  # Profile the push process during its run: PERF_DATA=/tmp/push.perf bash benches/push/push_peers.sh
+  perf record -F 499 -g -p "$s3edge_pid" -o "$PERF_DATA" >/dev/null 2>&1 &
+  perf_pid=$!
+fi
 run s3edge push_all
+if [ -n "${perf_pid:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; fi
 peak=$(grep VmHWM "/proc/$s3edge_pid/status" | awk '{print $2}')
 
 echo
@@ -155,6 +164,6 @@ echo "uploader  seconds  MB/s  ratio-to-s5cmd"
 s5=$(printf '%s\n' "${results[@]}" | awk '$1=="s5cmd"{print $3}')
 for r in "${results[@]}"; do
   set -- $r
-  python3 -c "print(f'{\"$1\":8} {$2:>8} {$3:>6}  {$3/$s5:.2f}x')"
+  python3 -c "print(f'{\"$1\":8} {$2:>8} {$3:>6}  ' + ('{:.2f}x'.format($3/${s5:-0}) if '${s5:-}' else '-'))"
 done
 echo "s3edge peak RSS: $(( peak / 1024 )) MiB (VmHWM of the push process over its whole run)"

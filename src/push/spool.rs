@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http_body::Body;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use super::store::FileRow;
 
@@ -83,10 +82,10 @@ impl Spool {
             .join("tmp")
             .join(format!("{:016x}.part", fastrand::u64(..)));
         let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await?;
+            let mut writer =
+                BlockWriter::new(tokio::fs::File::create(&tmp).await?.into_std().await);
             let mut hasher = Sha256::new();
             let mut bytes = 0u64;
-            let mut pending = Vec::with_capacity(WRITE_BUFFER);
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| SpoolError::Body(e.to_string()))?;
                 let Ok(data) = frame.into_data() else {
@@ -97,14 +96,9 @@ impl Spool {
                     return Err(SpoolError::TooLarge(max_bytes));
                 }
                 hasher.update(&data);
-                pending.extend_from_slice(&data);
-                if pending.len() >= WRITE_BUFFER {
-                    file.write_all(&pending).await?;
-                    pending.clear();
-                }
+                writer.push(&data).await?;
             }
-            file.write_all(&pending).await?;
-            file.sync_all().await?;
+            writer.finish().await?;
             let sha: [u8; 32] = hasher.finalize().into();
             if digest.is_some_and(|d| d != sha) {
                 return Err(SpoolError::DigestMismatch);
@@ -178,6 +172,67 @@ impl Spool {
         tokio::task::spawn_blocking(move || dir_bytes(&root))
             .await
             .unwrap_or(0)
+    }
+}
+
+/// Writes a stream to a file in blocks of [`WRITE_BUFFER`] on the blocking pool, one block
+/// written while the next fills (two buffers, reused), then `fsync`s it.
+/// A file and its spare buffer, back from a block write.
+type Written = std::io::Result<(std::fs::File, Vec<u8>)>;
+
+struct BlockWriter {
+    filling: Vec<u8>,
+    idle: Option<(std::fs::File, Vec<u8>)>,
+    writing: Option<tokio::task::JoinHandle<Written>>,
+}
+
+impl BlockWriter {
+    fn new(file: std::fs::File) -> Self {
+        BlockWriter {
+            filling: Vec::with_capacity(WRITE_BUFFER),
+            idle: Some((file, Vec::with_capacity(WRITE_BUFFER))),
+            writing: None,
+        }
+    }
+
+    async fn push(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.filling.extend_from_slice(data);
+        if self.filling.len() >= WRITE_BUFFER {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the filled block to the blocking pool once the previous write is done.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let (mut file, mut spare) = self.wait().await?;
+        spare.clear();
+        let block = std::mem::replace(&mut self.filling, spare);
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            file.write_all(&block)?;
+            Ok((file, block))
+        }));
+        Ok(())
+    }
+
+    async fn wait(&mut self) -> Written {
+        match (self.writing.take(), self.idle.take()) {
+            (Some(handle), _) => handle.await.map_err(std::io::Error::other)?,
+            (None, Some(idle)) => Ok(idle),
+            (None, None) => Err(std::io::Error::other("spool writer used after an error")),
+        }
+    }
+
+    /// Writes what is left and `fsync`s the file.
+    async fn finish(mut self) -> std::io::Result<()> {
+        if !self.filling.is_empty() {
+            self.flush().await?;
+        }
+        let (file, _) = self.wait().await?;
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(std::io::Error::other)?
     }
 }
 

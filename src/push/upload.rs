@@ -1,6 +1,8 @@
 //! Uploads with aws-sdk-s3: `PutObject` below `push.multipart_threshold`, a multipart upload
 //! with parts in parallel above it. Bodies stream from the spool file (never the whole file in
-//! memory); every request carries the SHA-256 of its bytes (`x-amz-checksum-sha256`), and the
+//! memory); every request carries a checksum of its bytes: a `PutObject` the SHA-256 the spool
+//! computed on receipt (`x-amz-checksum-sha256`), a part the CRC32C the SDK computes while it
+//! sends it (an aws-chunked trailer, so a part is read once and not hashed beforehand). The
 //! storage class, encryption and `Content-Type` come from the policy. A multipart upload that
 //! fails is aborted; one left open by a crash is recorded and aborted at the next start.
 
@@ -20,7 +22,6 @@ use aws_sdk_s3::types::{
 };
 use base64::Engine as _;
 use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
 
 use super::model::Target;
 use super::store::{PushRow, Store};
@@ -216,7 +217,7 @@ impl Uploader {
             .bucket(&bucket.bucket)
             .key(&file.key)
             .content_type(file.kind.content_type())
-            .checksum_algorithm(ChecksumAlgorithm::Sha256);
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C);
         if let Some(class) = bucket.storage_class(file.kind) {
             create = create.storage_class(StorageClass::from(class.as_str()));
         }
@@ -299,7 +300,6 @@ impl Uploader {
             let length = part_size.min(file.bytes - offset);
             let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
             async move {
-                let sha = part_sha256(file.path, offset, length).await?;
                 let body = ByteStream::read_from()
                     .path(file.path)
                     .offset(offset)
@@ -308,6 +308,8 @@ impl Uploader {
                     .build()
                     .await
                     .map_err(|e| UploadError::new("Io", e.to_string()))?;
+                // The SDK computes the part's CRC32C while it sends and puts it in a trailer:
+                // one read of the part, no hashing pass before it.
                 let sent = bucket
                     .client
                     .upload_part()
@@ -316,7 +318,7 @@ impl Uploader {
                     .upload_id(upload_id)
                     .part_number(number)
                     .content_length(i64::try_from(length).unwrap_or(i64::MAX))
-                    .checksum_sha256(b64(&sha))
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                     .body(body)
                     .customize()
                     .disable_payload_signing()
@@ -326,7 +328,7 @@ impl Uploader {
                 Ok(CompletedPart::builder()
                     .part_number(number)
                     .set_e_tag(sent.e_tag().map(str::to_string))
-                    .checksum_sha256(b64(&sha))
+                    .set_checksum_crc32_c(sent.checksum_crc32_c().map(str::to_string))
                     .build())
             }
         });
@@ -489,7 +491,8 @@ fn client(
         .force_path_style(path_style)
         .credentials_provider(credentials)
         .http_client(http)
-        // Our own SHA-256 on every request; no trailers the SDK would add on its own.
+        // A checksum on every request, chosen per request (SHA-256 known from the spool for
+        // PutObject, CRC32C computed while sending for parts); none the SDK adds on its own.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .retry_config(
@@ -519,35 +522,6 @@ async fn abort(bucket: &Bucket, key: &str, upload_id: &str) {
     {
         tracing::warn!(%key, error = %sdk_error(e), "could not abort a multipart upload");
     }
-}
-
-/// The SHA-256 of `length` bytes of a file from `offset`.
-async fn part_sha256(path: &Path, offset: u64, length: u64) -> Result<Vec<u8>, UploadError> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut file = std::fs::File::open(&path)?;
-        file.seek(SeekFrom::Start(offset))?;
-        let mut hasher = Sha256::new();
-        let mut left = length;
-        let mut buf = vec![0u8; 256 * 1024];
-        while left > 0 {
-            let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
-            let n = file.read(&mut buf[..want])?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the spool file is shorter than recorded",
-                ));
-            }
-            hasher.update(&buf[..n]);
-            left -= n as u64;
-        }
-        Ok(hasher.finalize().to_vec())
-    })
-    .await
-    .map_err(|e| UploadError::new("Io", e.to_string()))?
-    .map_err(|e: std::io::Error| UploadError::new("Io", e.to_string()))
 }
 
 /// An SDK error as a code and message: the S3 error code when the store sent one.
