@@ -1,5 +1,5 @@
-//! The `s3edge` command: `serve`, `check-config`, `push` (the push API from a shell) and
-//! `urls`. The demo is `s3edge-testbed demo`, in the testbed crate, so this binary links no
+//! The `s3edge` command: `serve`, `check-config`, `push` (the push API from a shell), `urls`
+//! and `lifecycle`. The demo is `s3edge-testbed demo`, in the testbed crate, so this binary links no
 //! S3 server code.
 
 use std::path::PathBuf;
@@ -48,6 +48,11 @@ enum Command {
     },
     /// Print a recording's origin (and edge) URLs.
     Urls(s3edge::push::cli::UrlsArgs),
+    /// S3 bucket lifecycle rules for the environments' `delete_after_days`.
+    Lifecycle {
+        #[command(subcommand)]
+        command: s3edge::push::lifecycle::LifecycleCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
             Command::CheckConfig { file } => check_config(file),
             Command::Push { api, command } => s3edge::push::cli::push(api, command).await,
             Command::Urls(args) => s3edge::push::cli::print_urls(args),
+            Command::Lifecycle { command } => s3edge::push::lifecycle::run(command).await,
         }
     });
     match result {

@@ -50,6 +50,7 @@ pub(super) async fn probe(
                     validator,
                     start,
                     tx,
+                    since: cache.store.generation(),
                 };
                 tokio::spawn(probe.run(upstream.clone()));
                 break rx;
@@ -78,6 +79,8 @@ struct Probe {
     validator: Option<Arc<StoredMeta>>,
     start: u64,
     tx: watch::Sender<ProbeResult>,
+    /// The store's purge generation before the fetch.
+    since: u64,
 }
 
 impl Probe {
@@ -127,7 +130,7 @@ impl Probe {
         if let Ok(probed) = &result {
             inner
                 .store
-                .put_meta(self.object.clone(), probed.meta.clone())
+                .put_meta(self.object.clone(), probed.meta.clone(), self.since)
                 .await;
         }
         self.tx.send_replace(Some(result));
@@ -204,7 +207,7 @@ impl Probe {
             index: first,
         };
         let run = claim_run(&mut lock(&inner.fetches.chunks), &inner.store, key, end);
-        (!run.is_empty()).then(|| Fill::new(inner.clone(), run, found.length))
+        (!run.is_empty()).then(|| Fill::new(inner.clone(), run, found.length, self.since))
     }
 }
 

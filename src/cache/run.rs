@@ -54,7 +54,8 @@ pub(super) async fn chunk_source(
             claim_run(&mut chunks, &cache.store, key.clone(), end)
         };
         let reader = run.first().map(|(_, cell)| cell.reader());
-        let fill = Fill::new(cache.clone(), run, meta.length);
+        let since = cache.store.generation();
+        let fill = Fill::new(cache.clone(), run, meta.length, since);
         tokio::spawn(fill.run(upstream.clone(), meta.clone()));
         if let Some(reader) = reader {
             return ChunkSource::Filling(reader);
@@ -73,16 +74,20 @@ pub(super) struct Fill {
     current: usize,
     /// Bytes of the current chunk received.
     filled: u64,
+    /// The store's purge generation before the fetch.
+    since: u64,
 }
 
 impl Fill {
-    pub(super) fn new(inner: Arc<CacheInner>, run: Run, length: u64) -> Self {
+    /// A fill whose fetch starts after the store's purge generation `since` was read.
+    pub(super) fn new(inner: Arc<CacheInner>, run: Run, length: u64, since: u64) -> Self {
         Fill {
             inner,
             run,
             length,
             current: 0,
             filled: 0,
+            since,
         }
     }
 
@@ -168,7 +173,10 @@ impl Fill {
         if let Some(bytes) = cell.finish()
             && self.length <= self.inner.max_object_size
         {
-            self.inner.store.put_chunk(key.clone(), bytes).await;
+            self.inner
+                .store
+                .put_chunk(key.clone(), bytes, self.since)
+                .await;
             self.inner.metrics.chunks_stored.inc();
         }
         // Stored first, then unregistered: a reader finds it in one place or the other.

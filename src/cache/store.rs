@@ -103,6 +103,9 @@ pub(super) struct ObjectMeta {
 #[derive(Debug, Clone)]
 pub(super) struct Store {
     cache: moka::future::Cache<StoreKey, StoreValue>,
+    /// Bumped by every purge: a fill that fetched before a purge does not store what it got
+    /// (the object may have been deleted or replaced in the bucket since).
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -129,7 +132,10 @@ impl Store {
             })
             .support_invalidation_closures()
             .build();
-        Store { cache }
+        Store {
+            cache,
+            generation: Arc::default(),
+        }
     }
 
     /// Stored metadata of an object.
@@ -145,10 +151,26 @@ impl Store {
         self.cache.contains_key(&StoreKey::Meta(key.clone()))
     }
 
-    /// Stores metadata.
-    pub(super) async fn put_meta(&self, key: ObjectKey, meta: Arc<StoredMeta>) {
-        self.cache
-            .insert(StoreKey::Meta(key), StoreValue::Meta(meta))
+    /// The purge generation now: taken before a fetch, handed to `put_*` after it.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stores an entry fetched in generation `since`, unless a purge came in between.
+    async fn put(&self, key: StoreKey, value: StoreValue, since: u64) {
+        if self.generation() != since {
+            return;
+        }
+        self.cache.insert(key.clone(), value).await;
+        // A purge between the check and the insert may have missed this entry.
+        if self.generation() != since {
+            self.cache.invalidate(&key).await;
+        }
+    }
+
+    /// Stores metadata fetched in generation `since`.
+    pub(super) async fn put_meta(&self, key: ObjectKey, meta: Arc<StoredMeta>, since: u64) {
+        self.put(StoreKey::Meta(key), StoreValue::Meta(meta), since)
             .await;
     }
 
@@ -170,10 +192,9 @@ impl Store {
         self.cache.contains_key(&StoreKey::Chunk(key.clone()))
     }
 
-    /// Stores a chunk.
-    pub(super) async fn put_chunk(&self, key: ChunkKey, bytes: Bytes) {
-        self.cache
-            .insert(StoreKey::Chunk(key), StoreValue::Chunk(bytes))
+    /// Stores a chunk fetched in generation `since`.
+    pub(super) async fn put_chunk(&self, key: ChunkKey, bytes: Bytes, since: u64) {
+        self.put(StoreKey::Chunk(key), StoreValue::Chunk(bytes), since)
             .await;
     }
 
@@ -183,6 +204,8 @@ impl Store {
         region: usize,
         matches: impl Fn(&str) -> bool + Send + Sync + 'static,
     ) -> Result<(), moka::PredicateError> {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.cache
             .invalidate_entries_if(move |key, _| {
                 let object = match key {
@@ -196,6 +219,8 @@ impl Store {
 
     /// Drops every entry.
     pub(super) fn clear(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.cache.invalidate_all();
     }
 

@@ -41,6 +41,8 @@ pub struct PushConfig {
     pub webhook_timeout: Duration,
     /// Gateways whose caches a push or delete purges.
     pub edges: Vec<EdgeConfig>,
+    /// How often the lifecycle sweeper runs (`delete_after_days` of environments).
+    pub sweep_every: Duration,
 }
 
 /// How long a failed recording's files stay in the spool.
@@ -144,6 +146,9 @@ pub(super) fn push(t: &Section<'_, '_>, env: Env<'_>) -> Option<PushConfig> {
         .positive_duration("webhook_timeout")
         .unwrap_or(Duration::from_secs(10));
     let edges = edges(t, env);
+    let sweep_every = t
+        .positive_duration("sweep_every")
+        .unwrap_or(Duration::from_secs(3600));
     let _database = t.choice("database", &[("sqlite", ())]);
     t.finish();
     Some(PushConfig {
@@ -162,6 +167,7 @@ pub(super) fn push(t: &Section<'_, '_>, env: Env<'_>) -> Option<PushConfig> {
         webhook_retry_delays,
         webhook_timeout,
         edges,
+        sweep_every,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Purging a recording from the edges' caches (`push.edges`): `DELETE
-//! {admin}/cache/{region}/{account}/{name}` on every gateway's admin listener, so no edge keeps
-//! serving bytes a push replaced.
+//! {admin}/cache/{region}/{account}/{name}` on a gateway's admin listener, so no edge keeps
+//! serving bytes a push replaced or a delete removed. Purges are queued in the database
+//! (see `deletion`), so an edge that is down is purged when it comes back.
 
 use std::time::Duration;
 
@@ -13,16 +14,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::metrics::PushMetrics;
+use super::store::PurgeRow;
 use crate::config::EdgeConfig;
-
-/// One edge's answer to a purge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Purged {
-    /// The edge's admin URL.
-    pub admin: String,
-    /// `None` when purged, else why not.
-    pub error: Option<String>,
-}
 
 /// The edges and a client to reach them.
 #[derive(Debug, Clone)]
@@ -47,33 +40,22 @@ impl Edges {
         })
     }
 
-    /// Purges a recording's four files on every edge, each tried a few times.
-    pub async fn purge(&self, region: &str, account: &str, name: &str) -> Vec<Purged> {
-        let purges = self.edges.iter().map(|edge| async move {
-            let mut error = None;
-            for attempt in 0..3u32 {
-                if attempt > 0 {
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                }
-                match self.purge_one(edge, region, account, name).await {
-                    Ok(()) => {
-                        error = None;
-                        break;
-                    }
-                    Err(e) => error = Some(e),
-                }
-            }
-            self.metrics
-                .purge(if error.is_none() { "purged" } else { "failed" });
-            if let Some(e) = &error {
-                tracing::warn!(admin = %edge.admin, %region, %account, %name, error = %e, "edge purge failed");
-            }
-            Purged {
-                admin: edge.admin.clone(),
-                error,
-            }
-        });
-        futures_util::future::join_all(purges).await
+    /// The admin URLs of every edge (the purge queue's keys).
+    pub fn admins(&self) -> Vec<String> {
+        self.edges.iter().map(|e| e.admin.clone()).collect()
+    }
+
+    /// One try of a queued purge; an edge no longer configured counts as done.
+    pub async fn try_purge(&self, purge: &PurgeRow) -> Result<(), String> {
+        let Some(edge) = self.edges.iter().find(|e| e.admin == purge.admin) else {
+            return Ok(());
+        };
+        let result = self
+            .purge_one(edge, &purge.region, &purge.account, &purge.name)
+            .await;
+        self.metrics
+            .purge(if result.is_ok() { "purged" } else { "failed" });
+        result
     }
 
     async fn purge_one(

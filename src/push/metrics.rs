@@ -41,6 +41,20 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// An `admin` label: an edge's admin URL.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdminLabel {
+    /// The edge's admin URL.
+    pub admin: String,
+}
+
+/// A `by` label: who deleted.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ByLabel {
+    /// `api` or `lifecycle`.
+    pub by: &'static str,
+}
+
 /// The series; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct PushMetrics {
@@ -57,6 +71,8 @@ struct Inner {
     upload_seconds: Histogram,
     deliveries: Family<OutcomeLabel, Counter>,
     purges: Family<OutcomeLabel, Counter>,
+    purges_pending: Family<AdminLabel, Gauge>,
+    deletions: Family<ByLabel, Counter>,
     spool_bytes: Gauge,
 }
 
@@ -71,6 +87,8 @@ impl Default for PushMetrics {
         let deliveries = Family::<OutcomeLabel, Counter>::default();
         let purges = Family::<OutcomeLabel, Counter>::default();
         let spool_bytes = Gauge::default();
+        let purges_pending = Family::<AdminLabel, Gauge>::default();
+        let deletions = Family::<ByLabel, Counter>::default();
         registry.register("recordings", "Recordings by state", recordings.clone());
         registry.register("attempts", "Push attempts by destination", attempts.clone());
         registry.register(
@@ -95,6 +113,16 @@ impl Default for PushMetrics {
             purges.clone(),
         );
         registry.register(
+            "edge_purges_pending",
+            "Purges an edge has not acknowledged yet (retried until it does)",
+            purges_pending.clone(),
+        );
+        registry.register(
+            "deletions",
+            "Recordings deleted, by who asked (api, lifecycle)",
+            deletions.clone(),
+        );
+        registry.register(
             "spool_bytes",
             "Bytes of files in the spool",
             spool_bytes.clone(),
@@ -109,6 +137,8 @@ impl Default for PushMetrics {
                 upload_seconds,
                 deliveries,
                 purges,
+                purges_pending,
+                deletions,
                 spool_bytes,
             }),
         }
@@ -162,6 +192,30 @@ impl PushMetrics {
             .purges
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
+    }
+
+    /// Counts deleted recordings.
+    pub fn deleted(&self, by: &'static str, n: u64) {
+        self.inner
+            .deletions
+            .get_or_create(&ByLabel { by })
+            .inc_by(n);
+    }
+
+    /// Sets the purges waiting per edge (0 for edges with none).
+    pub fn pending_purges(&self, admins: &[String], pending: &[(String, i64)]) {
+        for admin in admins.iter().chain(pending.iter().map(|(a, _)| a)) {
+            let n = pending
+                .iter()
+                .find(|(a, _)| a == admin)
+                .map_or(0, |(_, n)| *n);
+            self.inner
+                .purges_pending
+                .get_or_create(&AdminLabel {
+                    admin: admin.clone(),
+                })
+                .set(n);
+        }
     }
 
     /// Sets the gauges read from the database and the spool, then encodes every series.

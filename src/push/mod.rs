@@ -10,14 +10,18 @@
 //! - [`upload`]: aws-sdk-s3 uploads (PutObject, parallel multipart);
 //! - [`schedule`]: attempt times and retention days;
 //! - [`webhook`]: `video_copied_s3` bodies, signatures and deliveries;
-//! - [`edges`]: cache purges on the gateways; [`urls`]: origin and edge URLs;
+//! - `deletion`: deletes on request, lifecycle sweeps, bulk jobs; [`edges`]: cache purges on
+//!   the gateways (queued in the database until acknowledged); [`urls`]: origin and edge URLs;
 //! - [`model`]: the values; [`metrics`]: the `s3edge_push_` series;
+//! - [`lifecycle`]: `s3edge lifecycle rules` (S3 bucket lifecycle rules per environment);
 //! - [`client`] and [`cli`]: the API from a shell (`s3edge push …`, `s3edge urls`).
 
 pub mod api;
 pub mod cli;
 pub mod client;
+mod deletion;
 pub mod edges;
+pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod schedule;
@@ -61,6 +65,10 @@ pub(crate) struct Shared {
     wake: Arc<Notify>,
     /// Wakes the webhook deliverer.
     webhook_wake: Arc<Notify>,
+    /// Deletions: tombstones' objects, queued purges, bulk jobs, lifecycle sweeps.
+    deleter: Arc<deletion::Deleter>,
+    /// Wakes the deleter (a bulk job, an attempt that wrote a deleted recording).
+    deleter_wake: Arc<Notify>,
 }
 
 /// How long a request to a bucket may stay silent before the attempt fails.
@@ -107,6 +115,8 @@ pub async fn run(
         edges,
         wake: Arc::new(Notify::new()),
         webhook_wake: Arc::new(Notify::new()),
+        deleter: Arc::default(),
+        deleter_wake: Arc::new(Notify::new()),
         push,
     });
     let interrupted = shared
@@ -132,6 +142,11 @@ pub async fn run(
     let dispatcher = worker::Dispatcher::new(shared.clone(), shared.push.concurrency);
     tokio::spawn(dispatcher.run(shared.wake.clone(), stop.clone()));
     tokio::spawn(deliverer.run(shared.webhook_wake.clone(), stop.clone()));
+    tokio::spawn(shared.deleter.clone().run(
+        shared.clone(),
+        shared.deleter_wake.clone(),
+        stop.clone(),
+    ));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "push API listening");
     }

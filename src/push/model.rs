@@ -115,6 +115,8 @@ pub enum RecordingState {
     Failed,
     /// No destination applies.
     Skipped,
+    /// Deleted (a tombstone): by the API or the lifecycle.
+    Deleted,
 }
 
 impl RecordingState {
@@ -128,6 +130,7 @@ impl RecordingState {
             RecordingState::Pushed => "pushed",
             RecordingState::Failed => "failed",
             RecordingState::Skipped => "skipped",
+            RecordingState::Deleted => "deleted",
         }
     }
 
@@ -141,18 +144,20 @@ impl RecordingState {
             "pushed" => RecordingState::Pushed,
             "failed" => RecordingState::Failed,
             "skipped" => RecordingState::Skipped,
+            "deleted" => RecordingState::Deleted,
             _ => return None,
         })
     }
 
     /// Every state a recording can be listed by.
-    pub const LISTED: [RecordingState; 6] = [
+    pub const LISTED: [RecordingState; 7] = [
         RecordingState::Queued,
         RecordingState::Pushing,
         RecordingState::Retrying,
         RecordingState::Pushed,
         RecordingState::Failed,
         RecordingState::Skipped,
+        RecordingState::Deleted,
     ];
 }
 

@@ -62,13 +62,42 @@ impl Schedule {
         }
     }
 
+    /// The lifecycle's cut: recordings committed before it are more than `days` calendar days
+    /// old at `now` (committed on local date D, deleted from local date D + days + 1 on).
+    pub fn lifecycle_cutoff(&self, days: u32, now: i64) -> i64 {
+        match self.day_length {
+            Some(day) => now - millis(day) * i64::from(days),
+            None => self.local_midnight_shift(now, -i64::from(days)),
+        }
+    }
+
+    /// Local midnight starting `date` in the retention time zone, in ms.
+    pub fn local_midnight(&self, date: chrono::NaiveDate) -> Option<i64> {
+        let midnight = date.and_hms_opt(0, 0, 0)?;
+        self.tz
+            .from_local_datetime(&midnight)
+            .earliest()
+            .map(|t| t.timestamp_millis())
+    }
+
     /// Local midnight `days` calendar days after the date of `at`, in ms.
     fn local_midnight_after(&self, at: i64, days: u64) -> i64 {
-        let fallback = at + i64::try_from(days).unwrap_or(0) * 86_400_000;
+        self.local_midnight_shift(at, i64::try_from(days).unwrap_or(i64::MAX))
+    }
+
+    /// Local midnight starting the date `days` (may be negative) from the date of `at`, in ms.
+    fn local_midnight_shift(&self, at: i64, days: i64) -> i64 {
+        let fallback = at.saturating_add(days.saturating_mul(86_400_000));
         let Some(local) = self.tz.timestamp_millis_opt(at).single() else {
             return fallback;
         };
-        let Some(date) = local.date_naive().checked_add_days(Days::new(days)) else {
+        let date = local.date_naive();
+        let shifted = if days >= 0 {
+            date.checked_add_days(Days::new(days.unsigned_abs()))
+        } else {
+            date.checked_sub_days(Days::new(days.unsigned_abs()))
+        };
+        let Some(date) = shifted else {
             return fallback;
         };
         let Some(midnight) = date.and_hms_opt(0, 0, 0) else {
@@ -169,5 +198,26 @@ mod tests {
         assert_eq!(s.keep_until(1_000), 11_000);
         let s = schedule(KeepFailed::Days(3), Some(Duration::from_secs(2)));
         assert_eq!(s.keep_until(1_000), 7_000);
+    }
+
+    #[test]
+    fn lifecycle_counts_calendar_days_in_bucharest() {
+        let s = schedule(KeepFailed::Days(28), None);
+        // Now: 3 December 2026 10:00 EET. With 1 day, the cut is 2 December 00:00 EET
+        // (1 December 22:00 UTC): a recording of 1 December (any hour) goes, one of the 2nd stays.
+        let now = chrono::Utc.with_ymd_and_hms(2026, 12, 3, 8, 0, 0).unwrap();
+        let cut = chrono::Utc.with_ymd_and_hms(2026, 12, 1, 22, 0, 0).unwrap();
+        assert_eq!(
+            s.lifecycle_cutoff(1, now.timestamp_millis()),
+            cut.timestamp_millis()
+        );
+        // 0 days: everything committed before today (local) goes.
+        let today = chrono::Utc.with_ymd_and_hms(2026, 12, 2, 22, 0, 0).unwrap();
+        assert_eq!(
+            s.lifecycle_cutoff(0, now.timestamp_millis()),
+            today.timestamp_millis()
+        );
+        let s = schedule(KeepFailed::Days(28), Some(Duration::from_secs(2)));
+        assert_eq!(s.lifecycle_cutoff(3, 10_000), 4_000);
     }
 }

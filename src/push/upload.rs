@@ -18,7 +18,8 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier,
+    ServerSideEncryption, StorageClass,
 };
 use base64::Engine as _;
 use futures_util::StreamExt;
@@ -28,6 +29,9 @@ use super::store::{PushRow, Store};
 use crate::config::{Addressing, Config, CredentialSource, RegionConfig};
 use crate::policy;
 use crate::route::FileKind;
+
+/// The object tag naming a recording's environment.
+pub const ENV_TAG: &str = "s3edge-env";
 
 /// Parts of one file in flight at once.
 const PARTS_IN_FLIGHT: usize = 4;
@@ -84,6 +88,9 @@ pub struct FileUpload<'a> {
     pub kind: FileKind,
     /// The object key.
     pub key: String,
+    /// The environment: our bucket's objects are tagged `s3edge-env=<env>` (S3 lifecycle
+    /// rules filter on it).
+    pub env: &'a str,
 }
 
 /// Clients by destination, built once.
@@ -193,6 +200,9 @@ impl Uploader {
         if bucket.encrypted() {
             request = request.server_side_encryption(ServerSideEncryption::Aes256);
         }
+        if let Some(tag) = bucket.tagging(file.env) {
+            request = request.tagging(tag);
+        }
         // The body's SHA-256 is in x-amz-checksum-sha256 (the store verifies it): signing the
         // payload too would hash it again, and the SDK buffers a body to hash it over http.
         request
@@ -223,6 +233,9 @@ impl Uploader {
         }
         if bucket.encrypted() {
             create = create.server_side_encryption(ServerSideEncryption::Aes256);
+        }
+        if let Some(tag) = bucket.tagging(file.env) {
+            create = create.tagging(tag);
         }
         // Written before the upload exists: a crash from here on leaves a trace to clean up.
         let intent = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
@@ -418,6 +431,130 @@ async fn abort_all(bucket: &Bucket, key: &str, known: Option<&str>) {
 }
 
 impl Bucket {
+    /// Which of `keys` exist: one ListObjectsV2 under `prefix` (their common prefix).
+    pub async fn existing(
+        &self,
+        prefix: &str,
+        keys: &[String],
+    ) -> Result<Vec<String>, UploadError> {
+        let mut found = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let listed = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            found.extend(
+                listed
+                    .contents()
+                    .iter()
+                    .filter_map(|o| o.key())
+                    .filter(|k| keys.iter().any(|want| want == k))
+                    .map(str::to_string),
+            );
+            match listed.next_continuation_token() {
+                Some(next) if listed.is_truncated() == Some(true) => token = Some(next.to_string()),
+                _ => break,
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Deletes `keys`, at most 1,000 per DeleteObjects request (S3's limit); a key that is
+    /// already gone counts as deleted.
+    pub async fn delete(&self, keys: &[String]) -> Result<(), UploadError> {
+        for batch in keys.chunks(1000) {
+            let objects = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| UploadError::new("Request", e.to_string()))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| UploadError::new("Request", e.to_string()))?;
+            let answer = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            if let Some(e) = answer
+                .errors()
+                .iter()
+                .find(|e| e.code() != Some("NoSuchKey"))
+            {
+                return Err(UploadError::new(
+                    e.code().unwrap_or("DeleteObjects"),
+                    format!(
+                        "{}: {}",
+                        e.key().unwrap_or_default(),
+                        e.message().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The bucket's lifecycle rules (none when it has no configuration).
+    pub async fn lifecycle_rules(
+        &self,
+    ) -> Result<Vec<aws_sdk_s3::types::LifecycleRule>, UploadError> {
+        match self
+            .client
+            .get_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(answer) => Ok(answer.rules().to_vec()),
+            Err(e) => {
+                let e = sdk_error(e);
+                if e.code == "NoSuchLifecycleConfiguration" {
+                    Ok(Vec::new())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Puts the bucket's lifecycle configuration (`None`: deletes it).
+    pub async fn put_lifecycle(
+        &self,
+        configuration: Option<aws_sdk_s3::types::BucketLifecycleConfiguration>,
+    ) -> Result<(), UploadError> {
+        match configuration {
+            Some(c) => self
+                .client
+                .put_bucket_lifecycle_configuration()
+                .bucket(&self.bucket)
+                .lifecycle_configuration(c)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(sdk_error),
+            None => self
+                .client
+                .delete_bucket_lifecycle()
+                .bucket(&self.bucket)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(sdk_error),
+        }
+    }
+
     /// The object key of a file.
     pub fn key(&self, account: &str, name: &str, kind: FileKind) -> String {
         format!("{}{account}/{name}{}", self.key_prefix, kind.suffix())
@@ -429,6 +566,15 @@ impl Bucket {
                 Some(policy::storage_class(*provider, kind).to_string())
             }
             Policy::Customer(class) => class.clone(),
+        }
+    }
+
+    /// `x-amz-tagging` of our bucket's objects (environment names need no escaping); a
+    /// customer's bucket gets none (not every S3-compatible store keeps tags).
+    fn tagging(&self, env: &str) -> Option<String> {
+        match &self.policy {
+            Policy::Complimentary(_) => Some(format!("{ENV_TAG}={env}")),
+            Policy::Customer(_) => None,
         }
     }
 

@@ -148,6 +148,12 @@ async fn attempt_push(shared: &Shared, push: &PushRow, attempt: u32) {
                     return;
                 }
             };
+            if state == RecordingState::Deleted {
+                // Deleted while this attempt ran: the deleter removes what it wrote.
+                tracing::info!(env = %push.env, name = %push.name, "pushed a recording deleted meanwhile; its objects are deleted again");
+                shared.deleter_wake.notify_one();
+                return;
+            }
             tracing::info!(env = %push.env, name = %push.name, destination = %push.destination, attempt, ms = now - started, state = state.as_str(), "pushed");
             if delivery.is_some() {
                 shared.webhook_wake.notify_one();
@@ -174,6 +180,10 @@ async fn attempt_push(shared: &Shared, push: &PushRow, attempt: u32) {
                     keep_until,
                 )
                 .await;
+            if let Ok(RecordingState::Deleted) = saved {
+                shared.deleter_wake.notify_one();
+                return;
+            }
             let last = next.is_none();
             tracing::warn!(env = %push.env, name = %push.name, destination = %push.destination, attempt, code = %error.code, error = %error.message, last, "push attempt failed");
             if let Ok(RecordingState::Failed) = saved {
@@ -214,6 +224,7 @@ async fn upload_all(shared: &Shared, push: &PushRow) -> Result<(), UploadError> 
             sha256: &file.sha256,
             kind,
             key: bucket.key(&recording.account, &push.name, kind),
+            env: &push.env,
         };
         let started = Instant::now();
         shared
@@ -229,13 +240,28 @@ async fn upload_all(shared: &Shared, push: &PushRow) -> Result<(), UploadError> 
     Ok(())
 }
 
-/// A manual re-push overwrote objects the edges may hold: purge them there.
+/// A manual re-push overwrote objects the edges may hold: purge them there (queued first,
+/// so an edge that is down is purged when it comes back).
 async fn purge_edges(shared: &Shared, push: &PushRow) {
-    if let Ok(Some(recording)) = shared.store.recording(&push.env, &push.name).await {
-        shared
-            .edges
-            .purge(&recording.region, &recording.account, &push.name)
-            .await;
+    let Ok(Some(recording)) = shared.store.recording(&push.env, &push.name).await else {
+        return;
+    };
+    let (region, account) = (&recording.region, &recording.account);
+    let queued = shared
+        .store
+        .queue_purges(
+            region,
+            account,
+            &push.name,
+            &shared.edges.admins(),
+            now_ms(),
+        )
+        .await;
+    match shared.store.purges_of(region, account, &push.name).await {
+        Ok(purges) if queued.is_ok() => {
+            super::deletion::purge_now(shared, purges).await;
+        }
+        _ => tracing::warn!(env = %push.env, name = %push.name, "edge purges not queued"),
     }
 }
 

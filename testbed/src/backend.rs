@@ -101,6 +101,16 @@ impl BackendStats {
     }
 }
 
+/// A key named by a request: `DeleteObjects` names several, a listing names its prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRequest {
+    /// `ListObjectsV2`, `DeleteObject`, `DeleteObjects`, `PutObject`,
+    /// `CreateMultipartUpload`.
+    pub operation: &'static str,
+    /// The key, or the listing's prefix.
+    pub key: String,
+}
+
 /// Storage class and encryption an object was written with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredPolicy {
@@ -171,6 +181,15 @@ impl S3Backend {
     /// The storage class and encryption an object was written with.
     pub fn stored_policy(&self, bucket: &str, key: &str) -> Option<StoredPolicy> {
         self.store.get(bucket, key)
+    }
+
+    /// Every key (or listing prefix) the requests so far named, in order.
+    pub fn keys_requested(&self) -> Vec<KeyRequest> {
+        self.store
+            .touched
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default()
     }
 
     /// Multipart uploads created and neither completed nor aborted.
@@ -306,9 +325,20 @@ fn apply_status_override(mut response: http::Response<s3s::Body>) -> http::Respo
 #[derive(Debug, Default)]
 struct PolicyStore {
     objects: Mutex<HashMap<(String, String), StoredPolicy>>,
+    /// Every key (or listing prefix) a request named, with its operation.
+    touched: Mutex<Vec<KeyRequest>>,
 }
 
 impl PolicyStore {
+    fn touch(&self, operation: &'static str, key: &str) {
+        if let Ok(mut touched) = self.touched.lock() {
+            touched.push(KeyRequest {
+                operation,
+                key: key.to_string(),
+            });
+        }
+    }
+
     fn get(&self, bucket: &str, key: &str) -> Option<StoredPolicy> {
         self.objects
             .lock()
@@ -523,6 +553,8 @@ impl S3 for PolicyFs {
         req: S3Request<s3s::dto::ListObjectsV2Input>,
     ) -> S3Result<S3Response<s3s::dto::ListObjectsV2Output>> {
         self.admit(&req)?;
+        self.store
+            .touch("ListObjectsV2", req.input.prefix.as_deref().unwrap_or(""));
         self.fs.list_objects_v2(req).await
     }
 
@@ -531,6 +563,7 @@ impl S3 for PolicyFs {
         req: S3Request<s3s::dto::DeleteObjectInput>,
     ) -> S3Result<S3Response<s3s::dto::DeleteObjectOutput>> {
         self.admit(&req)?;
+        self.store.touch("DeleteObject", &req.input.key);
         self.fs.delete_object(req).await
     }
 
@@ -546,6 +579,7 @@ impl S3 for PolicyFs {
         let sse = policy.sse.clone();
         let bucket = req.input.bucket.clone();
         let key = req.input.key.clone();
+        self.store.touch("PutObject", &key);
         let mut response = self.fs.put_object(req).await?;
         self.store.set(&bucket, &key, policy);
         response.output.server_side_encryption = sse.map(ServerSideEncryption::from);
@@ -661,6 +695,9 @@ impl S3 for PolicyFs {
         req: S3Request<s3s::dto::DeleteObjectsInput>,
     ) -> S3Result<S3Response<s3s::dto::DeleteObjectsOutput>> {
         self.admit(&req)?;
+        for object in &req.input.delete.objects {
+            self.store.touch("DeleteObjects", &object.key);
+        }
         self.fs.delete_objects(req).await
     }
 

@@ -357,7 +357,7 @@ fn render_push(out: &mut String, p: &s3edge::config::PushConfig) {
         out,
         "[push]\nlisten = \"{}\"\nspool = {:?}\nretry_delays = [{}]\nretention_timezone = {:?}\n\
          concurrency = {}\nmultipart_threshold = {}\npart_size = {}\nmax_file_size = {}\n\
-         webhook_retry_delays = [{}]\nwebhook_timeout = \"{}ms\"",
+         webhook_retry_delays = [{}]\nwebhook_timeout = \"{}ms\"\nsweep_every = \"{}ms\"",
         p.listen,
         p.spool.display().to_string(),
         ms(&p.retry_delays),
@@ -368,6 +368,7 @@ fn render_push(out: &mut String, p: &s3edge::config::PushConfig) {
         p.max_file_size,
         ms(&p.webhook_retry_delays),
         p.webhook_timeout.as_millis(),
+        p.sweep_every.as_millis(),
     );
     match p.keep_failed {
         s3edge::config::KeepFailed::Days(n) => {

@@ -14,6 +14,7 @@ mod cache;
 mod clients;
 mod cors;
 mod credentials;
+mod delete;
 mod demo;
 mod faults;
 mod limits;

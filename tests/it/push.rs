@@ -65,6 +65,7 @@ pub(crate) fn test_push_config(spool: std::path::PathBuf) -> PushConfig {
         webhook_retry_delays: vec![Duration::from_millis(100); 3],
         webhook_timeout: Duration::from_secs(2),
         edges: Vec::new(),
+        sweep_every: Duration::from_secs(3600),
     }
 }
 

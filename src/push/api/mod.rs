@@ -22,6 +22,8 @@ use super::spool::{SpoolError, content_digest};
 use super::store::{Refused, StoreError};
 use super::urls::{Urls, location, urls};
 
+mod delete;
+
 /// Largest JSON body accepted.
 const MAX_JSON: usize = 1024 * 1024;
 
@@ -106,14 +108,24 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Answer {
             manual_push(shared, env, name).await
         }
         (Method::GET, ["v1", "recordings", env, name]) => status(shared, env, name).await,
-        (Method::GET, ["v1", "recordings"]) => list(shared, request.uri().query()).await,
-        (_, ["v1", "environments", _]) | (_, ["v1", "recordings", ..]) | (_, ["metrics"]) => {
-            Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "see the API in the README",
-            ))
+        (Method::DELETE, ["v1", "recordings", env, name]) => {
+            delete::recording(shared, env, name).await
         }
+        (Method::DELETE, ["v1", "environments", env, "recordings"]) => {
+            delete::bulk(shared, env, request.uri().query()).await
+        }
+        (Method::GET, ["v1", "jobs", id]) => delete::job(shared, id).await,
+        (Method::POST, ["v1", "lifecycle", "sweep"]) => delete::sweep(shared).await,
+        (Method::GET, ["v1", "recordings"]) => list(shared, request.uri().query()).await,
+        (_, ["v1", "environments", ..])
+        | (_, ["v1", "recordings", ..])
+        | (_, ["v1", "jobs", _])
+        | (_, ["v1", "lifecycle", "sweep"])
+        | (_, ["metrics"]) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "see the API in the README",
+        )),
         _ => Err(ApiError::not_found("no such route")),
     }
 }
@@ -339,6 +351,9 @@ async fn commit(shared: &Shared, env_name: &str, name: &str) -> Answer {
         .commit(env_name, name, &targets, now_ms())
         .await?
     {
+        Ok(RecordingState::Deleted) => Err(ApiError::conflict(
+            "the recording was deleted; a deleted name is not reused",
+        )),
         Ok(_) => {
             shared.wake.notify_one();
             let view = view(shared, env_name, name).await?;
@@ -437,6 +452,10 @@ async fn list(shared: &Shared, query: Option<&str>) -> Answer {
 async fn metrics(shared: &Shared) -> Answer {
     let (recordings, _) = shared.store.counts().await?;
     let spool = shared.spool.bytes().await;
+    let pending = shared.store.pending_purges().await?;
+    shared
+        .metrics
+        .pending_purges(&shared.edges.admins(), &pending);
     let mut response = text(StatusCode::OK, "");
     *response.body_mut() = Full::new(Bytes::from(shared.metrics.encode(&recordings, spool)));
     response.headers_mut().insert(
@@ -458,6 +477,10 @@ struct View {
     files: Vec<FileView>,
     destinations: Vec<DestinationView>,
     keep_until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_by: Option<String>,
     urls: Urls,
 }
 
@@ -515,6 +538,8 @@ async fn view(shared: &Shared, env: &str, name: &str) -> Result<View, ApiError> 
             })
             .collect(),
         keep_until: r.keep_until.map(rfc3339),
+        deleted_at: r.deleted_at.map(rfc3339),
+        deleted_by: r.deleted_by.clone(),
         urls: urls(
             location.as_deref(),
             shared.push.edge_url.as_deref(),

@@ -9,6 +9,10 @@ use std::str::FromStr;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 use sqlx::{Row, Sqlite, Transaction};
 
+mod deletion;
+
+pub use deletion::{Doomed, JobRow, PurgeRow};
+
 use super::model::{Environment, RecordingState, Target};
 
 /// A database failure (the API answers 503; nothing acknowledged is lost).
@@ -95,6 +99,10 @@ pub struct RecordingRow {
     pub keep_until: Option<i64>,
     /// The spool still holds its files.
     pub files_kept: bool,
+    /// When deleted, ms.
+    pub deleted_at: Option<i64>,
+    /// `api` or `lifecycle`.
+    pub deleted_by: Option<String>,
 }
 
 /// A multipart upload a previous run left.
@@ -158,13 +166,23 @@ impl<'s> sqlx::migrate::MigrationSource<'s> for Migrations {
         Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>,
     > {
         Box::pin(async {
-            Ok(vec![sqlx::migrate::Migration::new(
-                1,
-                "push".into(),
-                sqlx::migrate::MigrationType::Simple,
-                include_str!("../../migrations/0001_push.sql").into(),
-                false,
-            )])
+            let migration = |version, name: &'static str, sql: &'static str| {
+                sqlx::migrate::Migration::new(
+                    version,
+                    name.into(),
+                    sqlx::migrate::MigrationType::Simple,
+                    sql.into(),
+                    false,
+                )
+            };
+            Ok(vec![
+                migration(1, "push", include_str!("../../../migrations/0001_push.sql")),
+                migration(
+                    2,
+                    "delete",
+                    include_str!("../../../migrations/0002_delete.sql"),
+                ),
+            ])
         })
     }
 }
@@ -363,7 +381,7 @@ impl Store {
         name: &str,
     ) -> Result<Option<RecordingRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT env, name, account, region, state, committed_at, keep_until, files_kept \
+            "SELECT env, name, account, region, state, committed_at, keep_until, files_kept, deleted_at, deleted_by \
              FROM recordings WHERE env = ? AND name = ?",
         )
         .bind(env)
@@ -381,7 +399,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<RecordingRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT env, name, account, region, state, committed_at, keep_until, files_kept \
+            "SELECT env, name, account, region, state, committed_at, keep_until, files_kept, deleted_at, deleted_by \
              FROM recordings WHERE state != 'open' AND (? IS NULL OR state = ?) \
              AND (? IS NULL OR env = ?) ORDER BY committed_at DESC LIMIT ?",
         )
@@ -483,6 +501,10 @@ impl Store {
         delivery: Option<&NewDelivery>,
     ) -> Result<RecordingState, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if deleted_meanwhile(&mut tx, push).await? {
+            tx.commit().await?;
+            return Ok(RecordingState::Deleted);
+        }
         if let Some(d) = delivery {
             sqlx::query(
                 "INSERT INTO deliveries (id, env, name, destination, url, secret, body, state, \
@@ -528,6 +550,10 @@ impl Store {
         keep_until: i64,
     ) -> Result<RecordingState, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if deleted_meanwhile(&mut tx, push).await? {
+            tx.commit().await?;
+            return Ok(RecordingState::Deleted);
+        }
         let last = format!("{code}: {error}");
         sqlx::query(
             "INSERT INTO attempt_errors (env, name, destination, attempt, at, code, error) \
@@ -796,6 +822,26 @@ impl Store {
     }
 }
 
+/// Whether the recording of an attempt was deleted while it ran. Then nothing of the attempt
+/// is recorded, and if it wrote to our bucket, the objects are deleted again (the deleter
+/// sees `objects_deleted` false).
+async fn deleted_meanwhile(
+    tx: &mut Transaction<'_, Sqlite>,
+    push: &PushRow,
+) -> Result<bool, StoreError> {
+    if recording_state(tx, &push.env, &push.name).await? != Some(RecordingState::Deleted) {
+        return Ok(false);
+    }
+    if matches!(push.target, Target::Complimentary { .. }) {
+        sqlx::query("UPDATE recordings SET objects_deleted = FALSE WHERE env = ? AND name = ?")
+            .bind(&push.env)
+            .bind(&push.name)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(true)
+}
+
 async fn recording_state(
     tx: &mut Transaction<'_, Sqlite>,
     env: &str,
@@ -815,6 +861,9 @@ async fn refresh_state(
     env: &str,
     name: &str,
 ) -> Result<RecordingState, StoreError> {
+    if recording_state(tx, env, name).await? == Some(RecordingState::Deleted) {
+        return Ok(RecordingState::Deleted);
+    }
     let states: Vec<String> = sqlx::query("SELECT state FROM pushes WHERE env = ? AND name = ?")
         .bind(env)
         .bind(name)
@@ -856,6 +905,8 @@ fn recording_row(r: &sqlx::sqlite::SqliteRow) -> RecordingRow {
         committed_at: r.get("committed_at"),
         keep_until: r.get("keep_until"),
         files_kept: r.get("files_kept"),
+        deleted_at: r.get("deleted_at"),
+        deleted_by: r.get("deleted_by"),
     }
 }
 

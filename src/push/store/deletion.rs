@@ -1,0 +1,455 @@
+//! Deletion in the database: tombstones, the durable edge purge queue, lifecycle queries and
+//! bulk deletion jobs. A tombstone is committed before anything is removed; its objects are
+//! marked deleted only once the bucket said so, and the purges are queued in that same
+//! transaction, so a crash at any point leaves work that the deleter picks up again.
+
+use sqlx::Row;
+
+use super::{Store, StoreError};
+use crate::push::model::Environment;
+
+/// A tombstoned recording and where its objects are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Doomed {
+    /// Environment.
+    pub env: String,
+    /// Recording name.
+    pub name: String,
+    /// Account hash (from the recording when known, else the environment's).
+    pub account: String,
+    /// Region whose bucket holds it.
+    pub region: String,
+}
+
+/// A purge an edge has not acknowledged yet.
+#[derive(Debug, Clone)]
+pub struct PurgeRow {
+    /// The edge's admin URL.
+    pub admin: String,
+    /// Region, account and recording name purged.
+    pub region: String,
+    /// Account hash.
+    pub account: String,
+    /// Recording name.
+    pub name: String,
+    /// Failed tries so far.
+    pub attempts: u32,
+    /// When it was (re)queued, ms: a purge done for an older queueing does not remove it.
+    pub queued_at: i64,
+    /// Why the last try failed.
+    pub last_error: Option<String>,
+}
+
+/// A bulk deletion job.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    /// Its id.
+    pub id: String,
+    /// Environment.
+    pub env: String,
+    /// Recordings committed before this, ms.
+    pub before: i64,
+    /// `running` or `done`.
+    pub state: String,
+    /// Matching recordings when the job was created.
+    pub total: i64,
+    /// Tombstoned so far.
+    pub deleted: i64,
+    /// Created, ms.
+    pub created_at: i64,
+    /// Finished, ms.
+    pub finished_at: Option<i64>,
+}
+
+impl Store {
+    /// Tombstones recordings of `env` (rows are created for names never seen: the keys follow
+    /// from the URL scheme), dropping their attempts, files and pending webhook deliveries,
+    /// and marks their objects to be deleted. `job` counts them in a bulk job, in the same
+    /// transaction. Returns where each recording's objects are.
+    pub async fn tombstone(
+        &self,
+        env: &str,
+        environment: &Environment,
+        names: &[String],
+        by: &str,
+        now: i64,
+        job: Option<&str>,
+    ) -> Result<Vec<Doomed>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut doomed = Vec::with_capacity(names.len());
+        for name in names {
+            let known =
+                sqlx::query("SELECT account, region FROM recordings WHERE env = ? AND name = ?")
+                    .bind(env)
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let (account, region) = match known {
+                Some(row) => (row.get("account"), row.get("region")),
+                None => (environment.account.clone(), environment.region.clone()),
+            };
+            sqlx::query(
+                "INSERT INTO recordings (env, name, account, region, state, files_kept, \
+                 deleted_at, deleted_by, objects_deleted) \
+                 VALUES (?, ?, ?, ?, 'deleted', FALSE, ?, ?, FALSE) \
+                 ON CONFLICT (env, name) DO UPDATE SET state = 'deleted', files_kept = FALSE, \
+                 keep_until = NULL, objects_deleted = FALSE, \
+                 deleted_at = COALESCE(recordings.deleted_at, excluded.deleted_at), \
+                 deleted_by = COALESCE(recordings.deleted_by, excluded.deleted_by)",
+            )
+            .bind(env)
+            .bind(name)
+            .bind(&account)
+            .bind(&region)
+            .bind(now)
+            .bind(by)
+            .execute(&mut *tx)
+            .await?;
+            for table in ["pushes", "files"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE env = ? AND name = ?"))
+                    .bind(env)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("DELETE FROM deliveries WHERE env = ? AND name = ? AND state = 'pending'")
+                .bind(env)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            doomed.push(Doomed {
+                env: env.to_string(),
+                name: name.clone(),
+                account,
+                region,
+            });
+        }
+        if let Some(job) = job {
+            sqlx::query("UPDATE delete_jobs SET deleted = deleted + ? WHERE id = ?")
+                .bind(i64::try_from(names.len()).unwrap_or(i64::MAX))
+                .bind(job)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(doomed)
+    }
+
+    /// Tombstones whose objects may still be in a bucket, oldest first.
+    pub async fn objects_pending(&self, limit: u32) -> Result<Vec<Doomed>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT env, name, account, region FROM recordings \
+             WHERE objects_deleted = FALSE AND state = 'deleted' ORDER BY deleted_at LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Doomed {
+                env: r.get("env"),
+                name: r.get("name"),
+                account: r.get("account"),
+                region: r.get("region"),
+            })
+            .collect())
+    }
+
+    /// The bucket no longer has these recordings' objects: purges of them are queued for
+    /// every edge in the same transaction (after the bucket, so no edge refills from it).
+    pub async fn objects_deleted(
+        &self,
+        doomed: &[Doomed],
+        edges: &[String],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for d in doomed {
+            sqlx::query(
+                "UPDATE recordings SET objects_deleted = TRUE WHERE env = ? AND name = ? \
+                 AND state = 'deleted'",
+            )
+            .bind(&d.env)
+            .bind(&d.name)
+            .execute(&mut *tx)
+            .await?;
+            for admin in edges {
+                sqlx::query(
+                    "INSERT INTO purges (admin, region, account, name, attempts, \
+                     next_attempt_at, queued_at) VALUES (?, ?, ?, ?, 0, ?, ?) \
+                     ON CONFLICT (admin, region, account, name) DO UPDATE SET \
+                     next_attempt_at = excluded.next_attempt_at, queued_at = excluded.queued_at",
+                )
+                .bind(admin)
+                .bind(&d.region)
+                .bind(&d.account)
+                .bind(&d.name)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Queues a purge of one recording on every edge (a re-push replaced its objects).
+    pub async fn queue_purges(
+        &self,
+        region: &str,
+        account: &str,
+        name: &str,
+        edges: &[String],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let doomed = Doomed {
+            env: String::new(),
+            name: name.to_string(),
+            account: account.to_string(),
+            region: region.to_string(),
+        };
+        // No tombstone matches an empty env: only the purges are written.
+        self.objects_deleted(std::slice::from_ref(&doomed), edges, now)
+            .await
+    }
+
+    /// Purges due now (at most `limit`).
+    pub async fn due_purges(&self, now: i64, limit: u32) -> Result<Vec<PurgeRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT admin, region, account, name, attempts, queued_at, last_error FROM purges \
+             WHERE next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(purge_row).collect())
+    }
+
+    /// The pending purges of one recording (answers of a DELETE).
+    pub async fn purges_of(
+        &self,
+        region: &str,
+        account: &str,
+        name: &str,
+    ) -> Result<Vec<PurgeRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT admin, region, account, name, attempts, queued_at, last_error FROM purges \
+             WHERE region = ? AND account = ? AND name = ?",
+        )
+        .bind(region)
+        .bind(account)
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(purge_row).collect())
+    }
+
+    /// The edge acknowledged the purge (unless it was queued again since).
+    pub async fn purge_done(&self, purge: &PurgeRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM purges WHERE admin = ? AND region = ? AND account = ? AND name = ? \
+             AND queued_at = ?",
+        )
+        .bind(&purge.admin)
+        .bind(&purge.region)
+        .bind(&purge.account)
+        .bind(&purge.name)
+        .bind(purge.queued_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The edge did not acknowledge: try again at `next`.
+    pub async fn purge_failed(
+        &self,
+        purge: &PurgeRow,
+        error: &str,
+        next: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE purges SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? \
+             WHERE admin = ? AND region = ? AND account = ? AND name = ?",
+        )
+        .bind(error)
+        .bind(next)
+        .bind(&purge.admin)
+        .bind(&purge.region)
+        .bind(&purge.account)
+        .bind(&purge.name)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Purges waiting, by edge (metrics).
+    pub async fn pending_purges(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT admin, COUNT(*) AS n FROM purges GROUP BY admin")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get("admin"), r.get("n"))).collect())
+    }
+
+    /// Environments with a lifecycle (`delete_after_days` > 0) and their day count.
+    pub async fn lifecycle_environments(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, delete_after_days FROM environments WHERE delete_after_days > 0 \
+             ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let days: i64 = r.get("delete_after_days");
+                (r.get("name"), u32::try_from(days).unwrap_or(u32::MAX))
+            })
+            .collect())
+    }
+
+    /// Environments with a lifecycle, with their regions (`s3edge lifecycle rules`).
+    pub async fn lifecycle_by_region(
+        &self,
+        region: &str,
+    ) -> Result<Vec<(String, u32)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, delete_after_days FROM environments WHERE delete_after_days > 0 \
+             AND region = ? ORDER BY name",
+        )
+        .bind(region)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let days: i64 = r.get("delete_after_days");
+                (r.get("name"), u32::try_from(days).unwrap_or(u32::MAX))
+            })
+            .collect())
+    }
+
+    /// Names of committed, not deleted recordings of `env` committed before `before` (ms),
+    /// oldest first, at most `limit`.
+    pub async fn committed_before(
+        &self,
+        env: &str,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name FROM recordings WHERE env = ? AND committed_at < ? \
+             AND state <> 'deleted' ORDER BY committed_at LIMIT ?",
+        )
+        .bind(env)
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| r.get("name")).collect())
+    }
+
+    /// Starts a bulk deletion job.
+    pub async fn create_job(
+        &self,
+        id: &str,
+        env: &str,
+        before: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let total: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM recordings WHERE env = ? AND committed_at < ? \
+             AND state <> 'deleted'",
+        )
+        .bind(env)
+        .bind(before)
+        .fetch_one(&mut *tx)
+        .await?
+        .get("n");
+        sqlx::query(
+            "INSERT INTO delete_jobs (id, env, before_at, state, total, deleted, created_at) \
+             VALUES (?, ?, ?, 'running', ?, 0, ?)",
+        )
+        .bind(id)
+        .bind(env)
+        .bind(before)
+        .bind(total)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A bulk deletion job.
+    pub async fn job(&self, id: &str) -> Result<Option<JobRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, env, before_at, state, total, deleted, created_at, finished_at \
+             FROM delete_jobs WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(job_row))
+    }
+
+    /// Jobs not finished (resumed after a restart).
+    pub async fn running_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, env, before_at, state, total, deleted, created_at, finished_at \
+             FROM delete_jobs WHERE state = 'running' ORDER BY created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(job_row).collect())
+    }
+
+    /// Whether any tombstone of `env` still waits for its objects to leave the bucket.
+    pub async fn objects_pending_in(&self, env: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 AS x FROM recordings WHERE env = ? AND state = 'deleted' \
+             AND objects_deleted = FALSE LIMIT 1",
+        )
+        .bind(env)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// A job is complete.
+    pub async fn job_finished(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE delete_jobs SET state = 'done', finished_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn purge_row(r: &sqlx::sqlite::SqliteRow) -> PurgeRow {
+    PurgeRow {
+        admin: r.get("admin"),
+        region: r.get("region"),
+        account: r.get("account"),
+        name: r.get("name"),
+        attempts: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
+        queued_at: r.get("queued_at"),
+        last_error: r.get("last_error"),
+    }
+}
+
+fn job_row(r: &sqlx::sqlite::SqliteRow) -> JobRow {
+    JobRow {
+        id: r.get("id"),
+        env: r.get("env"),
+        before: r.get("before_at"),
+        state: r.get("state"),
+        total: r.get("total"),
+        deleted: r.get("deleted"),
+        created_at: r.get("created_at"),
+        finished_at: r.get("finished_at"),
+    }
+}
