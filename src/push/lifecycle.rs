@@ -136,6 +136,13 @@ pub async fn run(command: LifecycleCommand) -> anyhow::Result<()> {
         .iter()
         .find(|r| r.name == region)
         .ok_or_else(|| anyhow::anyhow!("no region {region:?} in the config"))?;
+    let database = push.spool.join("push.db");
+    if !database.exists() {
+        anyhow::bail!(
+            "no push database at {}: run the push service with this config first",
+            database.display()
+        );
+    }
     let store = Store::open(&push.spool).await?;
     let rules: Vec<Rule> = store
         .lifecycle_by_region(&region)

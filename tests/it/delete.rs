@@ -374,7 +374,13 @@ async fn bad_deletes_are_clear_4xx_and_delete_nothing() {
     }
 
     /// Method, path, headers, status, error word.
-    type Case<'a> = (Method, &'a str, &'a [(&'a str, &'a str)], StatusCode, &'a str);
+    type Case<'a> = (
+        Method,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        StatusCode,
+        &'a str,
+    );
     let cases: &[Case] = &[
         (
             Method::DELETE,

@@ -15,6 +15,7 @@ mod clients;
 mod cors;
 mod credentials;
 mod delete;
+mod delete_process;
 mod demo;
 mod faults;
 mod limits;

@@ -358,5 +358,208 @@ async fn push_to_moto_follows_the_policy() {
             .await
             .unwrap();
         assert!(open.uploads().is_empty(), "multipart uploads left open");
+        // Every object carries the environment's tag (S3 lifecycle rules filter on it).
+        for (kind, _) in &files {
+            let key = format!("MOTO/rec{}", kind.suffix());
+            let tags = within(s3.get_object_tagging().bucket(&bucket).key(&key).send())
+                .await
+                .unwrap();
+            let tags: Vec<(&str, &str)> = tags
+                .tag_set()
+                .iter()
+                .map(|t| (t.key(), t.value()))
+                .collect();
+            assert_eq!(tags, vec![("s3edge-env", env)], "{key}");
+        }
+        // And a DELETE removes the four objects from moto too.
+        let reply = within(client.call(
+            Method::DELETE,
+            &format!("/v1/recordings/{env}/rec"),
+            Bytes::new(),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(v["deleted"].as_array().unwrap().len(), 4, "{v}");
+        let left = within(s3.list_objects_v2().bucket(&bucket).prefix("MOTO/").send())
+            .await
+            .unwrap();
+        assert_eq!(left.key_count(), Some(0), "{env}");
     }
+}
+
+/// `s3edge lifecycle rules`: its XML is what moto's PutBucketLifecycleConfiguration takes
+/// (read back with GetBucketLifecycleConfiguration); `--apply` keeps rules it does not own and
+/// refuses to go over 1,000 rules.
+#[tokio::test]
+async fn lifecycle_rules_are_what_moto_takes() {
+    use aws_sdk_s3::types::{
+        BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
+        LifecycleRuleFilter,
+    };
+    let moto = Moto::start();
+    let regions = moto_regions(moto.addr);
+    for region in &regions {
+        within(s3edge_testbed::writer(region).ensure_bucket())
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let mut config = Config::for_regions(regions.clone(), "127.0.0.1:0".parse().unwrap());
+    config.push = Some(crate::push::test_push_config(spool.clone()));
+    let path = dir.path().join("s3edge.toml");
+    std::fs::write(&path, s3edge_testbed::render_toml(&config)).unwrap();
+    std::fs::create_dir_all(&spool).unwrap();
+    let store = s3edge::push::store::Store::open(&spool).await.unwrap();
+    for (env, region, days) in [
+        ("life-a", "eu1", Some(30)),
+        ("life-b", "eu1", Some(7)),
+        ("forever", "eu1", None),
+        ("elsewhere", "us1", Some(3)),
+    ] {
+        let environment: s3edge::push::model::Environment = serde_json::from_value(
+            serde_json::json!({"account": "ACC", "region": region, "delete_after_days": days}),
+        )
+        .unwrap();
+        store.put_environment(env, &environment, 0).await.unwrap();
+    }
+    drop(store);
+    let s3 = moto_client(moto.addr);
+    let rules = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3edge"))
+            .args(["lifecycle", "rules", "--config"])
+            .arg(&path)
+            .args(["--region", "eu1"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (ok, xml, err) = rules(&[]);
+    assert!(ok, "{err}");
+    assert_eq!(xml.matches("<Rule>").count(), 2, "{xml}");
+    // The printed XML, put as it is.
+    let put = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("http://{}/eu1-addpipe?lifecycle", moto.addr))
+        .body(http_body_util::Full::new(Bytes::from(xml.clone())))
+        .unwrap();
+    let answer = within(
+        Client::builder(TokioExecutor::new())
+            .build_http::<http_body_util::Full<Bytes>>()
+            .request(put),
+    )
+    .await
+    .unwrap();
+    assert!(answer.status().is_success(), "{}", answer.status());
+    let read = within(
+        s3.get_bucket_lifecycle_configuration()
+            .bucket("eu1-addpipe")
+            .send(),
+    )
+    .await
+    .unwrap();
+    let mut got: Vec<(String, String, i32)> = read
+        .rules()
+        .iter()
+        .map(|r| {
+            let tag = r.filter().and_then(|f| f.tag()).unwrap();
+            assert_eq!(tag.key(), "s3edge-env");
+            assert_eq!(r.status(), &ExpirationStatus::Enabled);
+            (
+                r.id().unwrap().to_string(),
+                tag.value().to_string(),
+                r.expiration().and_then(|e| e.days()).unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("s3edge-env-life-a".into(), "life-a".into(), 30),
+            ("s3edge-env-life-b".into(), "life-b".into(), 7),
+        ]
+    );
+
+    // --apply keeps a rule of the operator's and replaces its own.
+    let foreign = |id: String| {
+        LifecycleRule::builder()
+            .id(id)
+            .filter(LifecycleRuleFilter::builder().prefix("logs/").build())
+            .status(ExpirationStatus::Enabled)
+            .expiration(LifecycleExpiration::builder().days(90).build())
+            .build()
+            .unwrap()
+    };
+    let put_rules = |rules: Vec<LifecycleRule>| {
+        s3.put_bucket_lifecycle_configuration()
+            .bucket("eu1-addpipe")
+            .lifecycle_configuration(
+                BucketLifecycleConfiguration::builder()
+                    .set_rules(Some(rules))
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+    };
+    within(put_rules(vec![
+        foreign("operator-logs".into()),
+        foreign("s3edge-env-gone".into()),
+    ]))
+    .await
+    .unwrap();
+    let (ok, _, err) = rules(&["--apply"]);
+    assert!(ok, "{err}");
+    let read = within(
+        s3.get_bucket_lifecycle_configuration()
+            .bucket("eu1-addpipe")
+            .send(),
+    )
+    .await
+    .unwrap();
+    let mut ids: Vec<&str> = read.rules().iter().filter_map(|r| r.id()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec!["operator-logs", "s3edge-env-life-a", "s3edge-env-life-b"]
+    );
+
+    // 999 rules of the operator's and 2 of s3edge's would be 1,001: refused, nothing changed.
+    within(put_rules(
+        (0..999).map(|i| foreign(format!("op-{i}"))).collect(),
+    ))
+    .await
+    .unwrap();
+    let (ok, _, err) = rules(&["--apply"]);
+    assert!(!ok);
+    assert!(err.contains("1000"), "{err}");
+    let read = within(
+        s3.get_bucket_lifecycle_configuration()
+            .bucket("eu1-addpipe")
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.rules().len(), 999);
+}
+
+fn moto_client(addr: SocketAddr) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-central-1"))
+            .endpoint_url(format!("http://{addr}"))
+            .force_path_style(true)
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
+            .build(),
+    )
 }

@@ -43,7 +43,7 @@ fn files_of(i: usize) -> Vec<(FileKind, Bytes)> {
 }
 
 /// Starts `s3edge serve` and reads the push API's address from its log.
-fn spawn(config: &std::path::Path) -> (Spawned, SocketAddr) {
+pub(crate) fn spawn(config: &std::path::Path) -> (Spawned, SocketAddr) {
     let (child, _gateway, log) = spawn_gateway_with_log(config);
     let line = wait_for_log(&log, "push API listening");
     let start = line.find("\"addr\":\"").unwrap() + 8;
