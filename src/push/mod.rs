@@ -71,6 +71,11 @@ pub(crate) struct Shared {
     deleter_wake: Arc<Notify>,
 }
 
+/// Connections the push API holds open at once.
+const MAX_CONNECTIONS: usize = 1024;
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a request to a bucket may stay silent before the attempt fails.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -150,6 +155,13 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "push API listening");
     }
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let builder = Arc::new(builder);
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -158,12 +170,19 @@ pub async fn run(
             },
             _ = stop.changed() => return Ok(()),
         };
+        // Over the cap the connection is closed at once: processing servers retry.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!("push API connection refused: {MAX_CONNECTIONS} already open");
+            continue;
+        };
         let shared = shared.clone();
+        let builder = builder.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| api::handle(shared.clone(), request));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(permit);
         });
     }
 }

@@ -313,9 +313,18 @@ async fn put_file(
                 "sha256": received.sha256,
             }),
         )),
-        Err(_) => Err(ApiError::conflict(
-            "the recording is committed: its files are fixed",
-        )),
+        Err(_) => {
+            // Deleted while this body arrived: what it wrote must not stay behind.
+            if let Ok(Some(r)) = shared.store.recording(env_name, name).await
+                && r.state == RecordingState::Deleted
+                && let Err(e) = shared.spool.remove(env_name, name).await
+            {
+                tracing::warn!(env = %env_name, %name, error = %e, "spool files of a deleted recording not removed");
+            }
+            Err(ApiError::conflict(
+                "the recording is committed: its files are fixed",
+            ))
+        }
     }
 }
 
