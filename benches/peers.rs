@@ -1,9 +1,12 @@
 //! s3edge against nginx `proxy_cache` (+ `slice`) and Varnish (malloc), release build, one run.
 //!
 //! `cargo bench --bench peers` (needs `wrk`, `nginx`, `varnishd`, `curl`, `taskset`). Each server
-//! is pinned to core 0, the load generator and the origin to core 1. The origin is one s3s-fs
-//! backend in this process: s3edge signs its requests; nginx and Varnish read the same objects
-//! anonymously (the bucket is public-read for this run), since they cannot sign SigV4.
+//! is pinned to core 0, the load generator to core 1. The origin is one s3s-fs backend in this
+//! process, on its own thread and runtime: on core 1 with the clients by default, or with
+//! `S3EDGE_PEERS_ORIGIN_CORE=0` on the servers' core (a real edge pays for every byte it moves
+//! on the cores it has; this layout shows it). s3edge signs its requests; nginx and Varnish
+//! read the same objects anonymously (the bucket is public-read for this run), since they
+//! cannot sign SigV4.
 //!
 //! - P1 cache hit, 30 KB snapshot: req/s and server CPU per request (`/proc/PID/stat`).
 //! - P2 cache hit, random 1 MiB ranges of a 50 MB mp4: MB/s.
@@ -63,6 +66,38 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(run(cores));
+}
+
+/// The core of the origin: `S3EDGE_PEERS_ORIGIN_CORE` (1, the clients' core, by default).
+fn origin_core() -> usize {
+    std::env::var("S3EDGE_PEERS_ORIGIN_CORE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Starts the origin on a thread of its own pinned to `core` (its blocking threads inherit the
+/// pinning); it serves until the process ends.
+fn start_origin(root: PathBuf, core: usize) -> Backends {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let tid = std::fs::read_link("/proc/thread-self").unwrap();
+        let tid = tid.file_name().unwrap().to_string_lossy().into_owned();
+        let _ = Command::new("taskset")
+            .args(["-p", "-c", &core.to_string(), &tid])
+            .stdout(Stdio::null())
+            .status();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            tx.send(Backends::start_with(&root, true).await.unwrap())
+                .unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
 }
 
 fn pin_self(core: usize) {
@@ -429,7 +464,8 @@ fn perf_stop(child: Option<Child>) {
 
 async fn run(cores: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let backends = Backends::start_with(dir.path(), true).await.unwrap();
+    let origin_core = origin_core();
+    let backends = start_origin(dir.path().to_path_buf(), origin_core);
     let origin = backends.backends[0].addr;
     let mut config = Config::for_regions(backends.regions.clone(), "127.0.0.1:0".parse().unwrap());
     config.shutdown_grace = Duration::from_secs(1);
@@ -481,7 +517,7 @@ async fn run(cores: usize) {
     let mut report = String::new();
     let _ = writeln!(
         report,
-        "\nmachine: {} cores; release build; loopback; origin: s3s-fs in the bench process (core 1), public-read for nginx/varnish, SigV4 for s3edge",
+        "\nmachine: {} cores; release build; loopback; origin: s3s-fs in the bench process (core {origin_core}), public-read for nginx/varnish, SigV4 for s3edge",
         cores
     );
     let _ = writeln!(

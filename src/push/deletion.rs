@@ -361,7 +361,7 @@ impl Deleter {
         {
             let _one = self.pass.lock().await;
             let now = now_ms();
-            for (env, days) in shared.store.lifecycle_environments().await? {
+            for (env, days) in shared.store.lifecycle_environments(None).await? {
                 let Some(environment) = shared.store.environment(&env).await? else {
                     continue;
                 };

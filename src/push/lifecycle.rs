@@ -145,7 +145,7 @@ pub async fn run(command: LifecycleCommand) -> anyhow::Result<()> {
     }
     let store = Store::open(&push.spool).await?;
     let rules: Vec<Rule> = store
-        .lifecycle_by_region(&region)
+        .lifecycle_environments(Some(&region))
         .await?
         .into_iter()
         .map(|(env, days)| Rule {

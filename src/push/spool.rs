@@ -176,7 +176,8 @@ impl Spool {
 }
 
 /// Writes a stream to a file in blocks of [`WRITE_BUFFER`] on the blocking pool, one block
-/// written while the next fills (two buffers, reused), then `fsync`s it.
+/// written while the next fills (two buffers, reused), then `fsync`s it. The buffers grow as
+/// data comes: a 10 KB snapshot costs 10 KB, not two blocks.
 /// A file and its spare buffer, back from a block write.
 type Written = std::io::Result<(std::fs::File, Vec<u8>)>;
 
@@ -189,8 +190,8 @@ struct BlockWriter {
 impl BlockWriter {
     fn new(file: std::fs::File) -> Self {
         BlockWriter {
-            filling: Vec::with_capacity(WRITE_BUFFER),
-            idle: Some((file, Vec::with_capacity(WRITE_BUFFER))),
+            filling: Vec::new(),
+            idle: Some((file, Vec::new())),
             writing: None,
         }
     }

@@ -181,7 +181,7 @@ impl Uploader {
         let sha = hex::decode(file.sha256).map_err(|e| UploadError::new("Io", e.to_string()))?;
         let body = ByteStream::read_from()
             .path(file.path)
-            .buffer_size(256 * 1024)
+            .buffer_size(read_buffer(file.bytes))
             .build()
             .await
             .map_err(|e| UploadError::new("Io", e.to_string()))?;
@@ -317,7 +317,7 @@ impl Uploader {
                     .path(file.path)
                     .offset(offset)
                     .length(Length::Exact(length))
-                    .buffer_size(256 * 1024)
+                    .buffer_size(read_buffer(length))
                     .build()
                     .await
                     .map_err(|e| UploadError::new("Io", e.to_string()))?;
@@ -701,6 +701,11 @@ where
         _ => std::error::Error::source(&error).map_or_else(|| error.to_string(), |s| s.to_string()),
     };
     UploadError { code, message }
+}
+
+/// Reads from the spool in blocks of 256 KiB, or the file's size when smaller.
+fn read_buffer(bytes: u64) -> usize {
+    usize::try_from(bytes.clamp(4096, 256 * 1024)).unwrap_or(256 * 1024)
 }
 
 fn b64(bytes: &[u8]) -> String {

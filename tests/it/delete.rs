@@ -32,8 +32,8 @@ fn edge(admin: &str) -> EdgeConfig {
     }
 }
 
-/// A gateway with a cache reading the harness's buckets, its admin on `admin`.
-async fn start_edge(
+/// A gateway with a cache reading the harness's buckets directly, its admin on `admin`.
+pub(crate) async fn start_edge(
     h: &PushHarness,
     admin: TcpListener,
 ) -> (Served, tokio::sync::watch::Sender<bool>) {

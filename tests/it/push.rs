@@ -471,18 +471,7 @@ async fn faults_follow_the_schedule_then_fail_keep_files_and_a_manual_push_heals
     .await;
     let proxy = proxy.lock().unwrap().take().unwrap();
     // The edge reads the bucket directly (not through the faulty proxy).
-    let mut edge_config = h.config.clone();
-    edge_config.push = None;
-    edge_config.http_listeners = vec!["127.0.0.1:0".parse().unwrap()];
-    edge_config.regions = h.backends.regions.clone();
-    let edge = crate::common::serve(&edge_config, None).await;
-    let (_admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(s3edge::admin::serve(
-        admin,
-        edge.gateway.clone(),
-        None,
-        admin_stopped,
-    ));
+    let (edge, _admin_stop) = crate::delete::start_edge(&h, admin).await;
     let edge_client =
         Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
     let edge_get = |file: &'static str| {

@@ -292,32 +292,17 @@ impl Store {
         Ok(rows.iter().map(|r| (r.get("admin"), r.get("n"))).collect())
     }
 
-    /// Environments with a lifecycle (`delete_after_days` > 0) and their day count.
-    pub async fn lifecycle_environments(&self) -> Result<Vec<(String, u32)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT name, delete_after_days FROM environments WHERE delete_after_days > 0 \
-             ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let days: i64 = r.get("delete_after_days");
-                (r.get("name"), u32::try_from(days).unwrap_or(u32::MAX))
-            })
-            .collect())
-    }
-
-    /// Environments with a lifecycle, with their regions (`s3edge lifecycle rules`).
-    pub async fn lifecycle_by_region(
+    /// Environments with a lifecycle (`delete_after_days` > 0) and their day count, of one
+    /// region or of all.
+    pub async fn lifecycle_environments(
         &self,
-        region: &str,
+        region: Option<&str>,
     ) -> Result<Vec<(String, u32)>, StoreError> {
         let rows = sqlx::query(
             "SELECT name, delete_after_days FROM environments WHERE delete_after_days > 0 \
-             AND region = ? ORDER BY name",
+             AND (? IS NULL OR region = ?) ORDER BY name",
         )
+        .bind(region)
         .bind(region)
         .fetch_all(&self.pool)
         .await?;
