@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod document;
+mod fields;
 mod policies;
 mod push;
 mod read;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::document::Section;
-use super::read::{Env, guarded_listener, secret};
+use super::fields::{Env, guarded_listener, secret};
 
 /// The push service.
 #[derive(Debug, Clone)]
