@@ -51,8 +51,7 @@ pub(super) struct EdgePurge {
     pub admin: String,
     /// Whether the edge acknowledged the purge.
     pub purged: bool,
-    /// Why not (the purge stays queued and is retried).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Why not (the purge stays queued and is retried); `null` when purged.
     pub error: Option<String>,
 }
 

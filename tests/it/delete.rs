@@ -141,7 +141,10 @@ async fn a_delete_empties_the_bucket_and_both_warm_edges_at_once() {
     assert_eq!(deleted, want);
     assert_eq!(
         answer["edges"],
-        json!([{"admin": url1, "purged": true}, {"admin": url2, "purged": true}])
+        json!([
+            {"admin": url1, "purged": true, "error": null},
+            {"admin": url2, "purged": true, "error": null}
+        ])
     );
     // Right after the answer: no edge serves a byte of it, from cache or otherwise.
     for e in [&e1, &e2] {
