@@ -173,22 +173,7 @@ impl Store {
             .bind(&d.name)
             .execute(&mut *tx)
             .await?;
-            for admin in edges {
-                sqlx::query(
-                    "INSERT INTO purges (admin, region, account, name, attempts, \
-                     next_attempt_at, queued_at) VALUES (?, ?, ?, ?, 0, ?, ?) \
-                     ON CONFLICT (admin, region, account, name) DO UPDATE SET \
-                     next_attempt_at = excluded.next_attempt_at, queued_at = excluded.queued_at",
-                )
-                .bind(admin)
-                .bind(&d.region)
-                .bind(&d.account)
-                .bind(&d.name)
-                .bind(now)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
+            insert_purges(&mut tx, &d.region, &d.account, &d.name, edges, now).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -203,15 +188,10 @@ impl Store {
         edges: &[String],
         now: i64,
     ) -> Result<(), StoreError> {
-        let doomed = Doomed {
-            env: String::new(),
-            name: name.to_string(),
-            account: account.to_string(),
-            region: region.to_string(),
-        };
-        // No tombstone matches an empty env: only the purges are written.
-        self.objects_deleted(std::slice::from_ref(&doomed), edges, now)
-            .await
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        insert_purges(&mut tx, region, account, name, edges, now).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Purges due now (at most `limit`).
@@ -412,6 +392,34 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// Queues (or re-queues, due now) the purge of one recording on every edge.
+async fn insert_purges(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    region: &str,
+    account: &str,
+    name: &str,
+    edges: &[String],
+    now: i64,
+) -> Result<(), StoreError> {
+    for admin in edges {
+        sqlx::query(
+            "INSERT INTO purges (admin, region, account, name, attempts, next_attempt_at, \
+             queued_at) VALUES (?, ?, ?, ?, 0, ?, ?) \
+             ON CONFLICT (admin, region, account, name) DO UPDATE SET \
+             next_attempt_at = excluded.next_attempt_at, queued_at = excluded.queued_at",
+        )
+        .bind(admin)
+        .bind(region)
+        .bind(account)
+        .bind(name)
+        .bind(now)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 fn purge_row(r: &sqlx::sqlite::SqliteRow) -> PurgeRow {
