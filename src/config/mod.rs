@@ -22,7 +22,9 @@ mod read;
 mod tests;
 
 pub use policies::{CircuitPolicy, Limits, RetryPolicy, Timeouts};
-pub use push::{DEFAULT_RETRY_DELAYS, DEFAULT_WEBHOOK_DELAYS, EdgeConfig, KeepFailed, PushConfig};
+pub use push::{
+    DEFAULT_RETRY_DELAYS, DEFAULT_WEBHOOK_DELAYS, Database, EdgeConfig, KeepFailed, PushConfig,
+};
 
 /// One configuration problem: which file and line, which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -43,6 +43,27 @@ pub struct PushConfig {
     pub edges: Vec<EdgeConfig>,
     /// How often the lifecycle sweeper runs (`delete_after_days` of environments).
     pub sweep_every: Duration,
+    /// Where the push state lives: SQLite in the spool, or a PostgreSQL shared by nodes.
+    pub database: Database,
+}
+
+/// `push.database`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// `{spool}/push.db`, this node's alone.
+    Sqlite,
+    /// A `postgres://` URL: several push nodes share it.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Database {
+    // The URL may carry a password: never in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite => f.write_str("Sqlite"),
+            Database::Postgres(_) => f.write_str("Postgres(..)"),
+        }
+    }
 }
 
 /// How long a failed recording's files stay in the spool.
@@ -149,7 +170,20 @@ pub(super) fn push(t: &Section<'_, '_>, env: Env<'_>) -> Option<PushConfig> {
     let sweep_every = t
         .positive_duration("sweep_every")
         .unwrap_or(Duration::from_secs(3600));
-    let _database = t.choice("database", &[("sqlite", ())]);
+    let database = match secret(t, "database", false, env) {
+        None => Database::Sqlite,
+        Some(v) if v == "sqlite" => Database::Sqlite,
+        Some(v) if v.starts_with("postgres://") || v.starts_with("postgresql://") => {
+            Database::Postgres(v)
+        }
+        Some(_) => {
+            t.problem(
+                "database",
+                "write \"sqlite\" or a URL such as \"postgres://s3edge@db.internal/s3edge\"",
+            );
+            Database::Sqlite
+        }
+    };
     t.finish();
     Some(PushConfig {
         listen: listen?,
@@ -168,6 +202,7 @@ pub(super) fn push(t: &Section<'_, '_>, env: Env<'_>) -> Option<PushConfig> {
         webhook_timeout,
         edges,
         sweep_every,
+        database,
     })
 }
 

@@ -221,7 +221,7 @@ impl Deleter {
     async fn pass(&self, shared: &Shared) -> Result<bool, DeleteError> {
         let _one = self.pass.lock().await;
         let mut busy = false;
-        for job in shared.store.running_jobs().await? {
+        for job in shared.store.running_jobs(now_ms()).await? {
             // Bounded: the next batch is tombstoned once the last one left the bucket.
             if shared.store.objects_pending_in(&job.env).await? {
                 busy |= self.remove_objects(shared).await?;
@@ -262,7 +262,7 @@ impl Deleter {
 
     /// Deletes the objects of pending tombstones, 250 recordings per DeleteObjects.
     async fn remove_objects(&self, shared: &Shared) -> Result<bool, DeleteError> {
-        let pending = shared.store.objects_pending(BATCH * 4).await?;
+        let pending = shared.store.objects_pending(now_ms(), BATCH * 4).await?;
         if pending.is_empty() {
             return Ok(false);
         }
@@ -280,11 +280,12 @@ impl Deleter {
             {
                 Ok(bucket) => bucket,
                 Err(e) => {
+                    shared.store.objects_released(&doomed).await?;
                     failure = Some(e);
                     continue;
                 }
             };
-            for batch in doomed.chunks(BATCH as usize) {
+            for (i, batch) in doomed.chunks(BATCH as usize).enumerate() {
                 let keys: Vec<String> = batch.iter().flat_map(|d| keys(&bucket, d)).collect();
                 match bucket.delete(&keys).await {
                     Ok(()) => {
@@ -294,6 +295,9 @@ impl Deleter {
                             .await?
                     }
                     Err(e) => {
+                        // Claimed but not done: free for the next pass (of any node).
+                        let rest = &doomed[i * BATCH as usize..];
+                        shared.store.objects_released(rest).await?;
                         failure = Some(e);
                         break;
                     }

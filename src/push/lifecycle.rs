@@ -136,14 +136,21 @@ pub async fn run(command: LifecycleCommand) -> anyhow::Result<()> {
         .iter()
         .find(|r| r.name == region)
         .ok_or_else(|| anyhow::anyhow!("no region {region:?} in the config"))?;
-    let database = push.spool.join("push.db");
-    if !database.exists() {
-        anyhow::bail!(
-            "no push database at {}: run the push service with this config first",
-            database.display()
-        );
-    }
-    let store = Store::open(&push.spool).await?;
+    let postgres = match &push.database {
+        crate::config::Database::Sqlite => {
+            let database = push.spool.join("push.db");
+            if !database.exists() {
+                anyhow::bail!(
+                    "no push database at {}: run the push service with this config first",
+                    database.display()
+                );
+            }
+            None
+        }
+        crate::config::Database::Postgres(url) => Some(url.as_str()),
+    };
+    let spool = super::spool::Spool::open(&push.spool).await?;
+    let store = Store::open(&push.spool, postgres, &spool.node_id().await?).await?;
     let rules: Vec<Rule> = store
         .lifecycle_environments(Some(&region))
         .await?

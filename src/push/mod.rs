@@ -97,9 +97,15 @@ pub async fn run(
     let spool = spool::Spool::open(&push.spool)
         .await
         .map_err(|e| failed("spool", &e))?;
-    let store = store::Store::open(&push.spool)
+    let node = spool.node_id().await.map_err(|e| failed("spool", &e))?;
+    let postgres = match &push.database {
+        crate::config::Database::Sqlite => None,
+        crate::config::Database::Postgres(url) => Some(url.as_str()),
+    };
+    let store = store::Store::open(&push.spool, postgres, &node)
         .await
         .map_err(|e| failed("database", &e))?;
+    tracing::info!(%node, database = ?store.dialect(), "push state opened");
     let metrics = metrics::PushMetrics::default();
     let edges =
         edges::Edges::new(push.edges.clone(), metrics.clone()).map_err(|e| failed("tls", &e))?;

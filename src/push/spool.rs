@@ -53,6 +53,33 @@ impl Spool {
         })
     }
 
+    /// This node's id, made once and kept in `{root}/node-id`: the database records which
+    /// node's spool holds a recording, and only that node pushes it (PostgreSQL fleets).
+    pub async fn node_id(&self) -> std::io::Result<String> {
+        let path = self.root.join("node-id");
+        match tokio::fs::read_to_string(&path).await {
+            Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let tmp = self.root.join("tmp").join("node-id");
+        let file = tokio::fs::File::create(&tmp).await?;
+        let mut file = file.into_std().await;
+        let written = id.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            file.write_all(written.as_bytes())?;
+            file.sync_all()
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        tokio::fs::rename(&tmp, &path).await?;
+        sync_dir(&self.root).await?;
+        Ok(id)
+    }
+
     /// Where a recording's file lives.
     pub fn path(&self, env: &str, name: &str, suffix: &str) -> PathBuf {
         self.dir(env, name).join(format!("{name}{suffix}"))

@@ -387,6 +387,9 @@ fn render_push(out: &mut String, p: &s3edge::config::PushConfig) {
     if let Some(token) = &p.token {
         let _ = writeln!(out, "token = {token:?}");
     }
+    if let s3edge::config::Database::Postgres(url) = &p.database {
+        let _ = writeln!(out, "database = {url:?}");
+    }
     let edges: Vec<String> = p
         .edges
         .iter()

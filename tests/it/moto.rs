@@ -412,7 +412,13 @@ async fn lifecycle_rules_are_what_moto_takes() {
     let path = dir.path().join("s3edge.toml");
     std::fs::write(&path, s3edge_testbed::render_toml(&config)).unwrap();
     std::fs::create_dir_all(&spool).unwrap();
-    let store = s3edge::push::store::Store::open(&spool).await.unwrap();
+    let postgres = match &config.push.as_ref().unwrap().database {
+        s3edge::config::Database::Postgres(url) => Some(url.clone()),
+        s3edge::config::Database::Sqlite => None,
+    };
+    let store = s3edge::push::store::Store::open(&spool, postgres.as_deref(), "test-node")
+        .await
+        .unwrap();
     for (env, region, days) in [
         ("life-a", "eu1", Some(30)),
         ("life-b", "eu1", Some(7)),

@@ -66,6 +66,7 @@ pub(crate) fn test_push_config(spool: std::path::PathBuf) -> PushConfig {
         webhook_timeout: Duration::from_secs(2),
         edges: Vec::new(),
         sweep_every: Duration::from_secs(3600),
+        database: crate::common::pg::test_database(),
     }
 }
 

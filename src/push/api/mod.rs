@@ -267,10 +267,8 @@ async fn put_file(
         None => None,
     };
     // Refused before a byte is written when the recording is already committed.
-    if shared.store.is_committed(env_name, name).await? {
-        return Err(ApiError::conflict(
-            "the recording is committed: its files are fixed",
-        ));
+    if let Some(refused) = shared.store.refuses_files(env_name, name).await? {
+        return Err(refused_file(refused));
     }
     let received = shared
         .spool
@@ -313,18 +311,29 @@ async fn put_file(
                 "sha256": received.sha256,
             }),
         )),
-        Err(_) => {
-            // Deleted while this body arrived: what it wrote must not stay behind.
-            if let Ok(Some(r)) = shared.store.recording(env_name, name).await
-                && r.state == RecordingState::Deleted
-                && let Err(e) = shared.spool.remove(env_name, name).await
-            {
-                tracing::warn!(env = %env_name, %name, error = %e, "spool files of a deleted recording not removed");
+        Err(refused) => {
+            // Deleted while this body arrived, or taken by another node: what it wrote must
+            // not stay behind in this spool.
+            let stray = refused == Refused::Elsewhere
+                || matches!(shared.store.recording(env_name, name).await,
+                    Ok(Some(r)) if r.state == RecordingState::Deleted);
+            if stray && let Err(e) = shared.spool.remove(env_name, name).await {
+                tracing::warn!(env = %env_name, %name, error = %e, "spool files of a refused upload not removed");
             }
-            Err(ApiError::conflict(
-                "the recording is committed: its files are fixed",
-            ))
+            Err(refused_file(refused))
         }
+    }
+}
+
+/// The 409 of a file that may not be received.
+fn refused_file(refused: Refused) -> ApiError {
+    match refused {
+        Refused::Elsewhere => ApiError::new(
+            StatusCode::CONFLICT,
+            "other_node",
+            "another push node is receiving this recording: send all its files to one node",
+        ),
+        _ => ApiError::conflict("the recording is committed: its files are fixed"),
     }
 }
 

@@ -66,6 +66,11 @@ impl Store {
     /// from the URL scheme), dropping their attempts, files and pending webhook deliveries,
     /// and marks their objects to be deleted. `job` counts them in a bulk job, in the same
     /// transaction. Returns where each recording's objects are.
+    ///
+    /// A DELETE (`by` = `api`, no job) tombstones a deleted recording again (its objects are
+    /// looked for once more); a sweep or a job passes over it, so of two nodes sweeping at
+    /// once each recording is deleted by one. The spool files stay marked kept when another
+    /// node holds them: that node removes them.
     pub async fn tombstone(
         &self,
         env: &str,
@@ -75,11 +80,13 @@ impl Store {
         now: i64,
         job: Option<&str>,
     ) -> Result<Vec<Doomed>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin().await?;
         let mut doomed = Vec::with_capacity(names.len());
+        let again = by == "api" && job.is_none();
+        let mut counted = 0i64;
         for name in names {
             let known =
-                sqlx::query("SELECT account, region FROM recordings WHERE env = ? AND name = ?")
+                sqlx::query("SELECT account, region FROM recordings WHERE env = $1 AND name = $2")
                     .bind(env)
                     .bind(name)
                     .fetch_optional(&mut *tx)
@@ -88,35 +95,50 @@ impl Store {
                 Some(row) => (row.get("account"), row.get("region")),
                 None => (environment.account.clone(), environment.region.clone()),
             };
-            sqlx::query(
+            let tombstoned = sqlx::query(&format!(
                 "INSERT INTO recordings (env, name, account, region, state, files_kept, \
                  deleted_at, deleted_by, objects_deleted) \
-                 VALUES (?, ?, ?, ?, 'deleted', FALSE, ?, ?, FALSE) \
-                 ON CONFLICT (env, name) DO UPDATE SET state = 'deleted', files_kept = FALSE, \
+                 VALUES ($1, $2, $3, $4, 'deleted', FALSE, $5, $6, FALSE) \
+                 ON CONFLICT (env, name) DO UPDATE SET state = 'deleted', \
+                 files_kept = CASE WHEN recordings.node = $7 THEN FALSE \
+                 ELSE recordings.files_kept END, \
                  keep_until = NULL, objects_deleted = FALSE, \
                  deleted_at = COALESCE(recordings.deleted_at, excluded.deleted_at), \
-                 deleted_by = COALESCE(recordings.deleted_by, excluded.deleted_by)",
-            )
+                 deleted_by = COALESCE(recordings.deleted_by, excluded.deleted_by){}",
+                if again {
+                    ""
+                } else {
+                    " WHERE recordings.state <> 'deleted'"
+                }
+            ))
             .bind(env)
             .bind(name)
             .bind(&account)
             .bind(&region)
             .bind(now)
             .bind(by)
+            .bind(&self.node)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if tombstoned == 0 {
+                continue;
+            }
+            counted += 1;
             for table in ["pushes", "files"] {
-                sqlx::query(&format!("DELETE FROM {table} WHERE env = ? AND name = ?"))
+                sqlx::query(&format!("DELETE FROM {table} WHERE env = $1 AND name = $2"))
                     .bind(env)
                     .bind(name)
                     .execute(&mut *tx)
                     .await?;
             }
-            sqlx::query("DELETE FROM deliveries WHERE env = ? AND name = ? AND state = 'pending'")
-                .bind(env)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "DELETE FROM deliveries WHERE env = $1 AND name = $2 AND state = 'pending'",
+            )
+            .bind(env)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
             doomed.push(Doomed {
                 env: env.to_string(),
                 name: name.clone(),
@@ -125,8 +147,8 @@ impl Store {
             });
         }
         if let Some(job) = job {
-            sqlx::query("UPDATE delete_jobs SET deleted = deleted + ? WHERE id = ?")
-                .bind(i64::try_from(names.len()).unwrap_or(i64::MAX))
+            sqlx::query("UPDATE delete_jobs SET deleted = deleted + $1 WHERE id = $2")
+                .bind(counted)
                 .bind(job)
                 .execute(&mut *tx)
                 .await?;
@@ -135,15 +157,25 @@ impl Store {
         Ok(doomed)
     }
 
-    /// Tombstones whose objects may still be in a bucket, oldest first.
-    pub async fn objects_pending(&self, limit: u32) -> Result<Vec<Doomed>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT env, name, account, region FROM recordings \
-             WHERE objects_deleted = FALSE AND state = 'deleted' ORDER BY deleted_at LIMIT ?",
-        )
+    /// Claims tombstones whose objects may still be in a bucket, oldest first: leased to this
+    /// node until `now + LEASE`, so no other node deletes them meanwhile.
+    pub async fn objects_pending(&self, now: i64, limit: u32) -> Result<Vec<Doomed>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE recordings SET objects_lease_until = $3, objects_leased_by = $4 \
+             WHERE (env, name) IN \
+             (SELECT env, name FROM recordings WHERE objects_deleted = FALSE \
+             AND state = 'deleted' AND (objects_lease_until IS NULL OR objects_lease_until <= $2) \
+             ORDER BY deleted_at LIMIT $1{}) RETURNING env, name, account, region, deleted_at",
+            self.dialect.skip_locked()
+        ))
         .bind(i64::from(limit))
+        .bind(now)
+        .bind(now + super::lease_ms())
+        .bind(&self.node)
         .fetch_all(&self.pool)
         .await?;
+        let mut rows = rows;
+        rows.sort_by_key(|r| r.get::<Option<i64>, _>("deleted_at"));
         Ok(rows
             .iter()
             .map(|r| Doomed {
@@ -155,6 +187,23 @@ impl Store {
             .collect())
     }
 
+    /// The bucket did not take these tombstones' deletion: free for the next pass, on any node.
+    pub async fn objects_released(&self, doomed: &[Doomed]) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for d in doomed {
+            sqlx::query(
+                "UPDATE recordings SET objects_lease_until = NULL, objects_leased_by = NULL \
+                 WHERE env = $1 AND name = $2",
+            )
+            .bind(&d.env)
+            .bind(&d.name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The bucket no longer has these recordings' objects: purges of them are queued for
     /// every edge in the same transaction (after the bucket, so no edge refills from it).
     pub async fn objects_deleted(
@@ -163,11 +212,12 @@ impl Store {
         edges: &[String],
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin().await?;
         for d in doomed {
             sqlx::query(
-                "UPDATE recordings SET objects_deleted = TRUE WHERE env = ? AND name = ? \
-                 AND state = 'deleted'",
+                "UPDATE recordings SET objects_deleted = TRUE, objects_lease_until = NULL, \
+                 objects_leased_by = NULL \
+                 WHERE env = $1 AND name = $2 AND state = 'deleted'",
             )
             .bind(&d.env)
             .bind(&d.name)
@@ -188,7 +238,7 @@ impl Store {
         edges: &[String],
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin().await?;
         insert_purges(&mut tx, region, account, name, edges, now).await?;
         tx.commit().await?;
         Ok(())
@@ -198,7 +248,7 @@ impl Store {
     pub async fn due_purges(&self, now: i64, limit: u32) -> Result<Vec<PurgeRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT admin, region, account, name, attempts, queued_at, last_error FROM purges \
-             WHERE next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+             WHERE next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2",
         )
         .bind(now)
         .bind(i64::from(limit))
@@ -216,7 +266,7 @@ impl Store {
     ) -> Result<Vec<PurgeRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT admin, region, account, name, attempts, queued_at, last_error FROM purges \
-             WHERE region = ? AND account = ? AND name = ?",
+             WHERE region = $1 AND account = $2 AND name = $3",
         )
         .bind(region)
         .bind(account)
@@ -229,8 +279,8 @@ impl Store {
     /// The edge acknowledged the purge (unless it was queued again since).
     pub async fn purge_done(&self, purge: &PurgeRow) -> Result<(), StoreError> {
         sqlx::query(
-            "DELETE FROM purges WHERE admin = ? AND region = ? AND account = ? AND name = ? \
-             AND queued_at = ?",
+            "DELETE FROM purges WHERE admin = $1 AND region = $2 AND account = $3 AND name = $4 \
+             AND queued_at = $5",
         )
         .bind(&purge.admin)
         .bind(&purge.region)
@@ -250,8 +300,8 @@ impl Store {
         next: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE purges SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? \
-             WHERE admin = ? AND region = ? AND account = ? AND name = ?",
+            "UPDATE purges SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2 \
+             WHERE admin = $3 AND region = $4 AND account = $5 AND name = $6",
         )
         .bind(error)
         .bind(next)
@@ -280,7 +330,7 @@ impl Store {
     ) -> Result<Vec<(String, u32)>, StoreError> {
         let rows = sqlx::query(
             "SELECT name, delete_after_days FROM environments WHERE delete_after_days > 0 \
-             AND (? IS NULL OR region = ?) ORDER BY name",
+             AND ($1 IS NULL OR region = $2) ORDER BY name",
         )
         .bind(region)
         .bind(region)
@@ -304,8 +354,8 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name FROM recordings WHERE env = ? AND committed_at < ? \
-             AND state <> 'deleted' ORDER BY committed_at LIMIT ?",
+            "SELECT name FROM recordings WHERE env = $1 AND committed_at < $2 \
+             AND state <> 'deleted' ORDER BY committed_at LIMIT $3",
         )
         .bind(env)
         .bind(before)
@@ -323,9 +373,9 @@ impl Store {
         before: i64,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin().await?;
         let total: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM recordings WHERE env = ? AND committed_at < ? \
+            "SELECT COUNT(*) AS n FROM recordings WHERE env = $1 AND committed_at < $2 \
              AND state <> 'deleted'",
         )
         .bind(env)
@@ -335,7 +385,7 @@ impl Store {
         .get("n");
         sqlx::query(
             "INSERT INTO delete_jobs (id, env, before_at, state, total, deleted, created_at) \
-             VALUES (?, ?, ?, 'running', ?, 0, ?)",
+             VALUES ($1, $2, $3, 'running', $4, 0, $5)",
         )
         .bind(id)
         .bind(env)
@@ -352,7 +402,7 @@ impl Store {
     pub async fn job(&self, id: &str) -> Result<Option<JobRow>, StoreError> {
         let row = sqlx::query(
             "SELECT id, env, before_at, state, total, deleted, created_at, finished_at \
-             FROM delete_jobs WHERE id = ?",
+             FROM delete_jobs WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -360,21 +410,30 @@ impl Store {
         Ok(row.as_ref().map(job_row))
     }
 
-    /// Jobs not finished (resumed after a restart).
-    pub async fn running_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, env, before_at, state, total, deleted, created_at, finished_at \
-             FROM delete_jobs WHERE state = 'running' ORDER BY created_at",
-        )
+    /// Claims the jobs not finished (resumed after a restart) that no other node holds: each
+    /// is this node's until `now + LEASE`, renewed on every pass.
+    pub async fn running_jobs(&self, now: i64) -> Result<Vec<JobRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE delete_jobs SET leased_by = $1, lease_until = $3 WHERE id IN \
+             (SELECT id FROM delete_jobs WHERE state = 'running' AND (leased_by = $1 \
+             OR lease_until IS NULL OR lease_until <= $2){}) \
+             RETURNING id, env, before_at, state, total, deleted, created_at, finished_at",
+            self.dialect.skip_locked()
+        ))
+        .bind(&self.node)
+        .bind(now)
+        .bind(now + super::lease_ms())
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(job_row).collect())
+        let mut jobs: Vec<JobRow> = rows.iter().map(job_row).collect();
+        jobs.sort_by_key(|j| j.created_at);
+        Ok(jobs)
     }
 
     /// Whether any tombstone of `env` still waits for its objects to leave the bucket.
     pub async fn objects_pending_in(&self, env: &str) -> Result<bool, StoreError> {
         let row = sqlx::query(
-            "SELECT 1 AS x FROM recordings WHERE env = ? AND state = 'deleted' \
+            "SELECT 1 AS x FROM recordings WHERE env = $1 AND state = 'deleted' \
              AND objects_deleted = FALSE LIMIT 1",
         )
         .bind(env)
@@ -385,18 +444,21 @@ impl Store {
 
     /// A job is complete.
     pub async fn job_finished(&self, id: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE delete_jobs SET state = 'done', finished_at = ? WHERE id = ?")
-            .bind(now)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE delete_jobs SET state = 'done', finished_at = $1, leased_by = NULL, \
+             lease_until = NULL WHERE id = $2",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }
 
 /// Queues (or re-queues, due now) the purge of one recording on every edge.
 async fn insert_purges(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     region: &str,
     account: &str,
     name: &str,
@@ -406,7 +468,7 @@ async fn insert_purges(
     for admin in edges {
         sqlx::query(
             "INSERT INTO purges (admin, region, account, name, attempts, next_attempt_at, \
-             queued_at) VALUES (?, ?, ?, ?, 0, ?, ?) \
+             queued_at) VALUES ($1, $2, $3, $4, 0, $5, $6) \
              ON CONFLICT (admin, region, account, name) DO UPDATE SET \
              next_attempt_at = excluded.next_attempt_at, queued_at = excluded.queued_at",
         )
@@ -422,7 +484,7 @@ async fn insert_purges(
     Ok(())
 }
 
-fn purge_row(r: &sqlx::sqlite::SqliteRow) -> PurgeRow {
+fn purge_row(r: &sqlx::any::AnyRow) -> PurgeRow {
     PurgeRow {
         admin: r.get("admin"),
         region: r.get("region"),
@@ -434,7 +496,7 @@ fn purge_row(r: &sqlx::sqlite::SqliteRow) -> PurgeRow {
     }
 }
 
-fn job_row(r: &sqlx::sqlite::SqliteRow) -> JobRow {
+fn job_row(r: &sqlx::any::AnyRow) -> JobRow {
     JobRow {
         id: r.get("id"),
         env: r.get("env"),
