@@ -71,6 +71,27 @@ pub(crate) struct Shared {
     deleter_wake: Arc<Notify>,
 }
 
+/// Runs a store write until the database takes it: an outcome already acted upon (an upload
+/// made, a webhook answered) must be recorded, or the work would be done again. Waits 0.1 s,
+/// doubling to 5 s, between tries; logs once it starts waiting.
+pub(crate) async fn until_saved<T, F, Fut>(what: &str, mut write: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, store::StoreError>>,
+{
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Ok(v) => return v,
+            Err(error) => {
+                tracing::error!(%error, what, "not saved; retried until the database answers");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Connections the push API holds open at once.
 const MAX_CONNECTIONS: usize = 1024;
 /// How long a client may take to send a request's headers.

@@ -136,13 +136,12 @@ impl Deliverer {
         if !delivered {
             tracing::info!(id = %d.id, url = %d.url, error = error.as_deref().unwrap_or("-"), outcome = label, "webhook delivery failed");
         }
-        if let Err(e) = self
-            .store
-            .delivery_attempted(&d.id, delivered, error.as_deref(), next)
-            .await
-        {
-            tracing::warn!(error = %e, id = %d.id, "webhook delivery state not saved");
-        }
+        // A receiver that answered 2xx must not hear from us again: kept trying until saved.
+        super::until_saved("webhook delivery state", || {
+            self.store
+                .delivery_attempted(&d.id, delivered, error.as_deref(), next)
+        })
+        .await;
     }
 
     async fn send(&self, d: &DeliveryRow) -> Result<(), String> {

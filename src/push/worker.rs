@@ -137,17 +137,10 @@ async fn attempt_push(shared: &Shared, push: &PushRow, attempt: u32) {
     match outcome {
         Ok(()) => {
             let delivery = delivery_for(shared, push, now).await;
-            let state = match shared
-                .store
-                .push_succeeded(push, now, delivery.as_ref())
-                .await
-            {
-                Ok(state) => state,
-                Err(error) => {
-                    tracing::error!(%error, env = %push.env, name = %push.name, "push outcome not saved");
-                    return;
-                }
-            };
+            let state = super::until_saved("push outcome", || {
+                shared.store.push_succeeded(push, now, delivery.as_ref())
+            })
+            .await;
             if state == RecordingState::Deleted {
                 // Deleted while this attempt ran: the deleter removes what it wrote.
                 tracing::info!(env = %push.env, name = %push.name, "pushed a recording deleted meanwhile; its objects are deleted again");
@@ -168,9 +161,8 @@ async fn attempt_push(shared: &Shared, push: &PushRow, attempt: u32) {
                 .schedule
                 .next_attempt(push.series_start, attempt, now);
             let keep_until = shared.schedule.keep_until(now);
-            let saved = shared
-                .store
-                .push_failed(
+            let saved = super::until_saved("push outcome", || {
+                shared.store.push_failed(
                     push,
                     attempt,
                     &error.code,
@@ -179,14 +171,15 @@ async fn attempt_push(shared: &Shared, push: &PushRow, attempt: u32) {
                     next,
                     keep_until,
                 )
-                .await;
-            if let Ok(RecordingState::Deleted) = saved {
+            })
+            .await;
+            if saved == RecordingState::Deleted {
                 shared.deleter_wake.notify_one();
                 return;
             }
             let last = next.is_none();
             tracing::warn!(env = %push.env, name = %push.name, destination = %push.destination, attempt, code = %error.code, error = %error.message, last, "push attempt failed");
-            if let Ok(RecordingState::Failed) = saved {
+            if saved == RecordingState::Failed {
                 tracing::warn!(env = %push.env, name = %push.name, "recording failed: files kept for a manual push");
             }
         }
