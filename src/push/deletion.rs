@@ -30,8 +30,9 @@ use crate::route::FileKind;
 const BATCH: u32 = 250;
 /// Purges sent at once.
 const PURGES_IN_FLIGHT: usize = 16;
-/// Longest wait before a failed purge is tried again.
-const PURGE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest wait before a failed purge is tried again: an edge that comes back gets its missed
+/// purges within about a second, before HAProxy (rise 5, inter 1s) sends it traffic again.
+const PURGE_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Why a deletion did not complete (it is retried by the deleter either way).
 #[derive(Debug, thiserror::Error)]

@@ -383,8 +383,8 @@ async fn kill_9_of_one_node_the_other_keeps_working_and_the_killed_one_finishes_
         config.regions[0].endpoint = proxy.endpoint();
         config.push.as_mut().unwrap().concurrency = 2;
         // The process logs its gateway listener's address first; the spawn helper waits for it.
-        config.http_listeners = Config::for_regions(Vec::new(), "127.0.0.1:0".parse().unwrap())
-            .http_listeners;
+        config.http_listeners =
+            Config::for_regions(Vec::new(), "127.0.0.1:0".parse().unwrap()).http_listeners;
         let path = dir.path().join(format!("{node}.toml"));
         std::fs::write(&path, s3edge_testbed::render_toml(&config)).unwrap();
         configs.push(path);
