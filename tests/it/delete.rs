@@ -19,13 +19,13 @@ use crate::common::{Served, within};
 use crate::push::{PushHarness, recording};
 
 /// An edge's admin listener, bound before the push service is told of it.
-async fn bind_admin() -> (TcpListener, String) {
+pub(crate) async fn bind_admin() -> (TcpListener, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     (listener, url)
 }
 
-fn edge(admin: &str) -> EdgeConfig {
+pub(crate) fn edge(admin: &str) -> EdgeConfig {
     EdgeConfig {
         admin: admin.to_string(),
         token: None,
@@ -94,7 +94,7 @@ fn keys(h: &PushHarness, account: &str, name: &str) -> (String, Vec<String>) {
     (eu1.bucket.clone(), keys)
 }
 
-async fn delete(h: &PushHarness, path: &str) -> (StatusCode, Value) {
+pub(crate) async fn delete(h: &PushHarness, path: &str) -> (StatusCode, Value) {
     h.call(Method::DELETE, path, Bytes::new(), &[]).await
 }
 

@@ -18,6 +18,7 @@ mod delete;
 mod delete_process;
 mod demo;
 mod faults;
+mod fleet_edges;
 mod fleet_push;
 mod limits;
 mod moto;
