@@ -206,3 +206,18 @@ fn the_shipped_example_reports_every_missing_variable_at_once() {
         "{errors}"
     );
 }
+
+#[test]
+fn push_database_is_sqlite_or_a_postgres_url_never_logged() {
+    let with = |line: &str| format!("{GOOD}\n[push]\nspool = \"/tmp/s\"\n{line}\n");
+    let db = |text: &str| parse(text).unwrap().push.unwrap().database;
+    assert_eq!(db(&with("")), Database::Sqlite);
+    assert_eq!(db(&with("database = \"sqlite\"")), Database::Sqlite);
+    let url = "postgres://s3edge:pw-secret@127.0.0.1/s3edge";
+    let got = db(&with(&format!("database = {url:?}")));
+    assert_eq!(got, Database::Postgres(url.into()));
+    assert!(!format!("{got:?}").contains("pw-secret"));
+    let problem = only_problem(&with("database = \"mysql://x/y\""));
+    assert!(problem.to_string().contains("push.database"), "{problem}");
+    assert!(problem.to_string().contains("postgres://"), "{problem}");
+}

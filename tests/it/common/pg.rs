@@ -119,13 +119,15 @@ impl Postgres {
     pub fn run(&self) {
         // fsync off: a killed server loses nothing the OS holds (the tests kill processes, not
         // the machine); commits stay synchronous, so an acknowledged commit is in the WAL.
-        // A watchdog shell stops the server when this test process is gone.
+        // A watchdog shell stops the server when this test process is gone, and then removes
+        // its directory (a server stopped by a test is started again on the same one).
         let script = format!(
             "{bin}/postgres -D {data} -p {port} -k {dir} -c listen_addresses=127.0.0.1 \
              -c fsync=off -c full_page_writes=off \
              -c max_connections=300 >>{dir}/log 2>&1 & pg=$!; \
              while [ -d /proc/{me} ] && kill -0 $pg 2>/dev/null; do sleep 0.5; done; \
-             kill -QUIT $pg 2>/dev/null; wait $pg",
+             kill -QUIT $pg 2>/dev/null; wait $pg; \
+             [ -d /proc/{me} ] || rm -rf {dir}",
             bin = self.bin.display(),
             data = self.dir.join("data").display(),
             dir = self.dir.display(),
