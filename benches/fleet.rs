@@ -72,14 +72,29 @@ impl Origin {
                 };
                 let bytes = bytes.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
                         return;
                     };
-                    if let Ok((_, down)) =
-                        tokio::io::copy_bidirectional(&mut client, &mut server).await
-                    {
-                        bytes.fetch_add(down, Ordering::Relaxed);
-                    }
+                    let (mut from_server, mut to_server) = server.into_split();
+                    let (mut from_client, mut to_client) = client.split();
+                    // Counted as they flow: the edges keep their connections open.
+                    let down = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = from_server.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 || to_client.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        let _ = to_client.shutdown().await;
+                    };
+                    let up = async {
+                        let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                        let _ = to_server.shutdown().await;
+                    };
+                    tokio::join!(down, up);
                 });
             }
         });

@@ -209,7 +209,9 @@ fn the_shipped_example_reports_every_missing_variable_at_once() {
 
 #[test]
 fn push_database_is_sqlite_or_a_postgres_url_never_logged() {
-    let with = |line: &str| format!("{GOOD}\n[push]\nspool = \"/tmp/s\"\n{line}\n");
+    let with = |line: &str| {
+        format!("{GOOD}\n[push]\nlisten = \"127.0.0.1:9093\"\nspool = \"/tmp/s\"\n{line}\n")
+    };
     let db = |text: &str| parse(text).unwrap().push.unwrap().database;
     assert_eq!(db(&with("")), Database::Sqlite);
     assert_eq!(db(&with("database = \"sqlite\"")), Database::Sqlite);

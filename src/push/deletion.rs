@@ -85,29 +85,35 @@ pub(super) async fn delete_one(
         .await?;
     shared.metrics.deleted("api", 1);
     remove_spool(shared, &doomed).await;
-    let mut deleted = Vec::new();
-    for d in &doomed {
-        let bucket = shared
-            .uploader
-            .bucket(&Target::Complimentary {
-                region: d.region.clone(),
-            })
-            .await
-            .map_err(DeleteError::Bucket)?;
-        let keys = keys(&bucket, d);
-        let prefix = format!("{}{}/{}", bucket.key_prefix, d.account, d.name);
-        let existing = bucket
-            .existing(&prefix, &keys)
-            .await
-            .map_err(DeleteError::Bucket)?;
-        if !existing.is_empty() {
-            bucket
-                .delete(&existing)
-                .await
-                .map_err(DeleteError::Bucket)?;
+    let removed = async {
+        let mut deleted = Vec::new();
+        for d in &doomed {
+            let bucket = shared
+                .uploader
+                .bucket(&Target::Complimentary {
+                    region: d.region.clone(),
+                })
+                .await?;
+            let keys = keys(&bucket, d);
+            let prefix = format!("{}{}/{}", bucket.key_prefix, d.account, d.name);
+            let existing = bucket.existing(&prefix, &keys).await?;
+            if !existing.is_empty() {
+                bucket.delete(&existing).await?;
+            }
+            deleted.extend(existing);
         }
-        deleted.extend(existing);
+        Ok::<_, UploadError>(deleted)
     }
+    .await;
+    let deleted = match removed {
+        Ok(deleted) => deleted,
+        Err(e) => {
+            // The deleter finishes it, at once rather than when the lease ends.
+            shared.store.objects_released(&doomed).await?;
+            shared.deleter_wake.notify_one();
+            return Err(DeleteError::Bucket(e));
+        }
+    };
     shared
         .store
         .objects_deleted(&doomed, &shared.edges.admins(), now_ms())

@@ -111,13 +111,22 @@ async fn a_returning_edge_never_serves_a_recording_deleted_while_it_was_cut_off(
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (code, answer) = delete(&h, &format!("/v1/recordings/fleet/{victim}")).await;
     assert_eq!(code, StatusCode::OK, "{answer}");
-    let purged: Vec<bool> = answer["edges"]
+    assert_eq!(answer["deleted"].as_array().unwrap().len(), 4, "{answer}");
+    let purged: HashMap<String, bool> = answer["edges"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["purged"].as_bool().unwrap())
+        .map(|e| {
+            let admin = e["admin"].as_str().unwrap().to_string();
+            (admin, e["purged"].as_bool().unwrap())
+        })
         .collect();
-    assert_eq!(purged, [true, false, true], "{answer}");
+    let want: HashMap<String, bool> = HashMap::from([
+        (url1.clone(), true),
+        (url2.clone(), false),
+        (url3.clone(), true),
+    ]);
+    assert_eq!(purged, want, "{answer}");
     // Edge 2 still holds it, but gets no traffic.
     let direct = format!("/eu1/ACCF/{victim}.mp4");
     let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();

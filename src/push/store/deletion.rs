@@ -71,6 +71,9 @@ impl Store {
     /// looked for once more); a sweep or a job passes over it, so of two nodes sweeping at
     /// once each recording is deleted by one. The spool files stay marked kept when another
     /// node holds them: that node removes them.
+    ///
+    /// A DELETE's tombstones are leased to this node: it removes their objects itself and
+    /// answers which keys it found, so the deleter task must not remove them first.
     pub async fn tombstone(
         &self,
         env: &str,
@@ -97,14 +100,17 @@ impl Store {
             };
             let tombstoned = sqlx::query(&format!(
                 "INSERT INTO recordings (env, name, account, region, state, files_kept, \
-                 deleted_at, deleted_by, objects_deleted) \
-                 VALUES ($1, $2, $3, $4, 'deleted', FALSE, $5, $6, FALSE) \
+                 deleted_at, deleted_by, objects_deleted, objects_leased_by, \
+                 objects_lease_until) \
+                 VALUES ($1, $2, $3, $4, 'deleted', FALSE, $5, $6, FALSE, $8, $9) \
                  ON CONFLICT (env, name) DO UPDATE SET state = 'deleted', \
                  files_kept = CASE WHEN recordings.node = $7 THEN FALSE \
                  ELSE recordings.files_kept END, \
                  keep_until = NULL, objects_deleted = FALSE, \
                  deleted_at = COALESCE(recordings.deleted_at, excluded.deleted_at), \
-                 deleted_by = COALESCE(recordings.deleted_by, excluded.deleted_by){}",
+                 deleted_by = COALESCE(recordings.deleted_by, excluded.deleted_by), \
+                 objects_leased_by = excluded.objects_leased_by, \
+                 objects_lease_until = excluded.objects_lease_until{}",
                 if again {
                     ""
                 } else {
@@ -118,6 +124,8 @@ impl Store {
             .bind(now)
             .bind(by)
             .bind(&self.node)
+            .bind(again.then_some(self.node.as_str()))
+            .bind(again.then_some(now + super::lease_ms()))
             .execute(&mut *tx)
             .await?
             .rows_affected();
