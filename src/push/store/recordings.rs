@@ -1,0 +1,372 @@
+//! Environments and recordings: what processing servers send (files received into this
+//! node's spool, commits), what operators ask (status, a manual push) and what the spool
+//! keeps.
+
+use sqlx::{Any, Row, Transaction};
+
+use super::pushes::refresh_state;
+use super::{
+    FileRow, RecordingRow, Refused, Store, StoreError, flag, recording_row, recording_state, to_i64,
+};
+use crate::push::model::{Environment, RecordingState, Target};
+
+impl Store {
+    /// Creates or replaces an environment.
+    pub async fn put_environment(
+        &self,
+        name: &str,
+        env: &Environment,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let webhook_url = env.webhook.as_ref().map(|w| w.url.clone());
+        let webhook_secret = env.webhook.as_ref().map(|w| w.secret.clone());
+        sqlx::query(
+            "INSERT INTO environments (name, account, region, complimentary, webhook_url, \
+             webhook_secret, destinations, delete_after_days, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (name) DO UPDATE SET account = excluded.account, \
+             region = excluded.region, complimentary = excluded.complimentary, \
+             webhook_url = excluded.webhook_url, webhook_secret = excluded.webhook_secret, \
+             destinations = excluded.destinations, \
+             delete_after_days = excluded.delete_after_days, updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(&env.account)
+        .bind(&env.region)
+        .bind(env.complimentary_storage)
+        .bind(webhook_url)
+        .bind(webhook_secret)
+        .bind(serde_json::to_string(&env.destinations)?)
+        .bind(env.delete_after_days.map(i64::from))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// An environment, secrets included.
+    pub async fn environment(&self, name: &str) -> Result<Option<Environment>, StoreError> {
+        let row = sqlx::query(
+            "SELECT account, region, CAST(complimentary AS INTEGER) AS complimentary, webhook_url, webhook_secret, \
+             destinations, delete_after_days FROM environments WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let webhook = match (
+            row.get::<Option<String>, _>("webhook_url"),
+            row.get::<Option<String>, _>("webhook_secret"),
+        ) {
+            (Some(url), Some(secret)) => Some(crate::push::model::Webhook { url, secret }),
+            _ => None,
+        };
+        Ok(Some(Environment {
+            account: row.get("account"),
+            region: row.get("region"),
+            complimentary_storage: flag(&row, "complimentary"),
+            webhook,
+            destinations: serde_json::from_str(row.get::<&str, _>("destinations"))?,
+            delete_after_days: row
+                .get::<Option<i64>, _>("delete_after_days")
+                .and_then(|d| u32::try_from(d).ok()),
+        }))
+    }
+
+    /// Records a received file of an open recording (creating the recording); a committed
+    /// recording refuses it.
+    pub async fn receive_file(
+        &self,
+        env: &str,
+        name: &str,
+        environment: &Environment,
+        file: &FileRow,
+    ) -> Result<Result<(), Refused>, StoreError> {
+        let mut tx = self.begin().await?;
+        // Inserted first: of two nodes receiving a new recording at once, the second waits
+        // for the first's row and then reads it.
+        sqlx::query(
+            "INSERT INTO recordings (env, name, account, region, state, files_kept, node) \
+             VALUES ($1, $2, $3, $4, 'open', TRUE, $5) ON CONFLICT (env, name) DO NOTHING",
+        )
+        .bind(env)
+        .bind(name)
+        .bind(&environment.account)
+        .bind(&environment.region)
+        .bind(&self.node)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(refused) = self.refusal(&mut tx, env, name).await? {
+            return Ok(Err(refused));
+        }
+        sqlx::query(
+            "INSERT INTO files (env, name, suffix, bytes, sha256) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (env, name, suffix) DO UPDATE SET bytes = excluded.bytes, \
+             sha256 = excluded.sha256",
+        )
+        .bind(env)
+        .bind(name)
+        .bind(&file.suffix)
+        .bind(to_i64(file.bytes))
+        .bind(&file.sha256)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Why this node may not receive a file of a recording: it is committed (or deleted),
+    /// or another node is receiving it. `None` for a new or open recording of this node.
+    pub async fn refuses_files(
+        &self,
+        env: &str,
+        name: &str,
+    ) -> Result<Option<Refused>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        self.refusal(&mut tx, env, name).await
+    }
+
+    async fn refusal(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        env: &str,
+        name: &str,
+    ) -> Result<Option<Refused>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT state, node FROM recordings WHERE env = $1 AND name = $2{}",
+            self.dialect.for_update()
+        ))
+        .bind(env)
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if row.get::<&str, _>("state") != RecordingState::Open.as_str() {
+            return Ok(Some(Refused::Committed));
+        }
+        if row.get::<Option<&str>, _>("node") != Some(self.node.as_str()) {
+            return Ok(Some(Refused::Elsewhere));
+        }
+        Ok(None)
+    }
+
+    /// Commits an open recording: one push row per target, all due now. Committing twice
+    /// answers with the state reached.
+    pub async fn commit(
+        &self,
+        env: &str,
+        name: &str,
+        targets: &[(String, Target)],
+        now: i64,
+    ) -> Result<Result<RecordingState, Refused>, StoreError> {
+        let mut tx = self.begin().await?;
+        match recording_state(&mut tx, self.dialect, env, name).await? {
+            None => return Ok(Err(Refused::NoFiles)),
+            Some(RecordingState::Open) => {}
+            Some(state) => return Ok(Ok(state)),
+        }
+        let files: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM files WHERE env = $1 AND name = $2")
+                .bind(env)
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?
+                .get("n");
+        if files == 0 {
+            return Ok(Err(Refused::NoFiles));
+        }
+        for (destination, target) in targets {
+            sqlx::query(
+                "INSERT INTO pushes (env, name, destination, target, state, attempts, \
+                 series_start, next_attempt_at, manual) VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, FALSE)",
+            )
+            .bind(env)
+            .bind(name)
+            .bind(destination)
+            .bind(serde_json::to_string(target)?)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let state = if targets.is_empty() {
+            RecordingState::Skipped
+        } else {
+            RecordingState::Queued
+        };
+        sqlx::query(
+            "UPDATE recordings SET state = $1, committed_at = $2 WHERE env = $3 AND name = $4",
+        )
+        .bind(state.as_str())
+        .bind(now)
+        .bind(env)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(state))
+    }
+
+    /// A recording.
+    pub async fn recording(
+        &self,
+        env: &str,
+        name: &str,
+    ) -> Result<Option<RecordingRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT env, name, account, region, state, committed_at, keep_until, CAST(files_kept AS INTEGER) AS files_kept, deleted_at, deleted_by \
+             FROM recordings WHERE env = $1 AND name = $2",
+        )
+        .bind(env)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| recording_row(&r)))
+    }
+
+    /// Recordings by state and environment (newest first, at most `limit`).
+    pub async fn recordings(
+        &self,
+        state: Option<RecordingState>,
+        env: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RecordingRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT env, name, account, region, state, committed_at, keep_until, CAST(files_kept AS INTEGER) AS files_kept, deleted_at, deleted_by \
+             FROM recordings WHERE state != 'open' AND ($1 IS NULL OR state = $2) \
+             AND ($3 IS NULL OR env = $4) ORDER BY committed_at DESC LIMIT $5",
+        )
+        .bind(state.map(RecordingState::as_str))
+        .bind(state.map(RecordingState::as_str))
+        .bind(env)
+        .bind(env)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(recording_row).collect())
+    }
+
+    /// The files of a recording.
+    pub async fn files(&self, env: &str, name: &str) -> Result<Vec<FileRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT suffix, bytes, sha256 FROM files WHERE env = $1 AND name = $2 ORDER BY suffix",
+        )
+        .bind(env)
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| FileRow {
+                suffix: r.get("suffix"),
+                bytes: u64::try_from(r.get::<i64, _>("bytes")).unwrap_or(0),
+                sha256: r.get("sha256"),
+            })
+            .collect())
+    }
+
+    /// Starts a fresh attempt series for every destination of a failed recording whose
+    /// files are kept.
+    pub async fn manual_push(
+        &self,
+        env: &str,
+        name: &str,
+        now: i64,
+    ) -> Result<Result<(), Refused>, StoreError> {
+        let mut tx = self.begin().await?;
+        let Some(row) = sqlx::query(&format!(
+            "SELECT state, CAST(files_kept AS INTEGER) AS files_kept FROM recordings \
+                 WHERE env = $1 AND name = $2{}",
+            self.dialect.for_update()
+        ))
+        .bind(env)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(Err(Refused::Unknown));
+        };
+        let state =
+            RecordingState::parse(row.get::<&str, _>("state")).unwrap_or(RecordingState::Open);
+        let kept = flag(&row, "files_kept");
+        if state != RecordingState::Failed || !kept {
+            return Ok(Err(Refused::State(state)));
+        }
+        sqlx::query(
+            "UPDATE pushes SET state = 'queued', attempts = 0, series_start = $1, \
+             next_attempt_at = $2, manual = TRUE WHERE env = $3 AND name = $4 AND state = 'failed'",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(env)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE recordings SET keep_until = NULL WHERE env = $1 AND name = $2")
+            .bind(env)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        refresh_state(&mut tx, self.dialect, env, name).await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Marks a recording's spool files gone (pushed everywhere, skipped, or past retention).
+    pub async fn files_removed(&self, env: &str, name: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE recordings SET files_kept = FALSE WHERE env = $1 AND name = $2")
+            .bind(env)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the spool should still hold a recording's files (unknown recordings: no).
+    pub async fn files_kept(&self, env: &str, name: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT CAST(files_kept AS INTEGER) AS files_kept FROM recordings \
+             WHERE env = $1 AND name = $2",
+        )
+        .bind(env)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some_and(|r| flag(&r, "files_kept")))
+    }
+
+    /// This node's recordings whose files should leave its spool: pushed, skipped or
+    /// deleted (by another node) with files kept, and failed ones past `keep_until`.
+    pub async fn spool_releasable(&self, now: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT env, name FROM recordings WHERE files_kept = TRUE AND node = $2 AND \
+             (state IN ('pushed', 'skipped', 'deleted') OR (state = 'failed' AND keep_until <= $1))",
+        )
+        .bind(now)
+        .bind(&self.node)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get("env"), r.get("name"))).collect())
+    }
+
+    /// Counts for the metrics: recordings by state, and deliveries by state.
+    pub async fn counts(&self) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), StoreError> {
+        let recordings = sqlx::query("SELECT state, COUNT(*) AS n FROM recordings GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| (r.get("state"), r.get("n")))
+            .collect();
+        let deliveries = sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| (r.get("state"), r.get("n")))
+            .collect();
+        Ok((recordings, deliveries))
+    }
+}
