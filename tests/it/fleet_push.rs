@@ -529,9 +529,12 @@ async fn a_database_that_goes_away_is_503_loses_nothing_and_work_resumes() {
     .await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(v["error"], "database_unavailable");
-    // The health check still answers (the API is up, its database is not).
+    // The health check still answers (the API is up), readiness says its database is not.
     let (code, _) = call(c, Method::GET, "/healthz", Value::Null).await;
     assert_eq!(code, StatusCode::OK);
+    let (code, v) = call(c, Method::GET, "/readyz", Value::Null).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["error"], "database_unavailable");
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     server.run();
@@ -551,6 +554,11 @@ async fn a_database_that_goes_away_is_503_loses_nothing_and_work_resumes() {
         assert!(Instant::now() < deadline, "commit still {code}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let reply = within(c.call(Method::GET, "/readyz", Bytes::new()))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(&reply.body[..], b"ready\n");
     upload(c, files.path(), "db", "after", 2).await;
     all_pushed(
         c,

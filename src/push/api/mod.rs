@@ -87,6 +87,11 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Answer {
     if request.method() == Method::GET && path == "/healthz" {
         return Ok(text(StatusCode::OK, "ok\n"));
     }
+    // For a load balancer in front of push nodes: a node whose database is away answers 503.
+    if request.method() == Method::GET && path == "/readyz" {
+        shared.store.ping().await?;
+        return Ok(text(StatusCode::OK, "ready\n"));
+    }
     authorize(shared, &request)?;
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = request.method().clone();

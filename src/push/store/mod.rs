@@ -298,6 +298,12 @@ impl Store {
         Ok(store)
     }
 
+    /// Whether the database answers now (the push API's readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Which engine this is.
     pub fn dialect(&self) -> Dialect {
         self.dialect
