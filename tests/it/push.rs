@@ -873,3 +873,24 @@ async fn a_token_is_required_when_configured() {
         "the refused PUT changed nothing"
     );
 }
+
+#[tokio::test]
+async fn a_spool_path_with_url_characters_opens_its_own_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool #1?a=b%20c");
+    std::fs::create_dir_all(&spool).unwrap();
+    let store = s3edge::push::store::Store::open(&spool, None, "node")
+        .await
+        .unwrap();
+    let environment: s3edge::push::model::Environment =
+        serde_json::from_value(json!({"account": "ACC", "region": "eu1"})).unwrap();
+    store.put_environment("e", &environment, 0).await.unwrap();
+    assert_eq!(
+        store.environment("e").await.unwrap().unwrap().account,
+        "ACC"
+    );
+    assert!(
+        spool.join("push.db").exists(),
+        "the database is in the spool"
+    );
+}

@@ -266,6 +266,11 @@ impl Store {
                 let path = path
                     .to_str()
                     .ok_or_else(|| StoreError::Url("the spool path is not UTF-8".into()))?;
+                // The driver percent-decodes the path: a `%`, `?` or `#` in it is escaped.
+                let path = path
+                    .replace('%', "%25")
+                    .replace('?', "%3F")
+                    .replace('#', "%23");
                 (format!("sqlite://{path}?mode=rwc"), Dialect::Sqlite, 4)
             }
         };
