@@ -23,6 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use s3edge::config::{AdminConfig, Config};
 use s3edge::route::FileKind;
+use s3edge_testbed::haproxy::Haproxy;
 use s3edge_testbed::{self as demo, Backends};
 
 const MIB: u64 = 1024 * 1024;
@@ -216,65 +217,21 @@ impl Drop for Edge {
     }
 }
 
-struct Haproxy {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `config/haproxy.cfg` with this run's ports (and `balance roundrobin` for layout (a)).
+/// HAProxy on `config/haproxy.cfg` over `edges` (round-robin for layout (a)); waits for the
+/// health checks' first round.
 fn start_haproxy(dir: &Path, edges: &[&Edge], round_robin: bool) -> Haproxy {
-    let port = free_port();
-    let template =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/haproxy.cfg"))
-            .unwrap();
-    let mut out = String::new();
-    for line in template.lines() {
-        let t = line.trim_start();
-        if t.starts_with("server ") || t.starts_with("stats socket") {
-            continue;
-        }
-        if t.starts_with("bind ") {
-            out.push_str(&format!("    bind 127.0.0.1:{port}\n"));
-        } else if t.starts_with("log stdout") {
-            out.push_str("    log stdout format raw local0 emerg\n");
-        } else if round_robin && (t.starts_with("balance ") || t.starts_with("hash-type")) {
-            if t.starts_with("balance ") {
-                out.push_str("    balance roundrobin\n");
-            }
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    for (i, e) in edges.iter().enumerate() {
-        out.push_str(&format!(
-            "    server edge{} 127.0.0.1:{} check port {}\n",
-            i + 1,
-            e.port,
-            e.admin
-        ));
-    }
-    let path = dir.join(format!("haproxy-{port}.cfg"));
-    std::fs::write(&path, out).unwrap();
-    let child = Command::new("haproxy")
-        .arg("-f")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(port);
-    // Health checks: every server up (rise 5 x inter 1s from the start is immediate: HAProxy
-    // starts servers up, the first failed check takes them down).
+    let pairs: Vec<(SocketAddr, SocketAddr)> = edges
+        .iter()
+        .map(|e| {
+            (
+                SocketAddr::from(([127, 0, 0, 1], e.port)),
+                SocketAddr::from(([127, 0, 0, 1], e.admin)),
+            )
+        })
+        .collect();
+    let haproxy = Haproxy::start(dir, &pairs, round_robin).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    Haproxy { child, port }
+    haproxy
 }
 
 /// What a replay saw.
@@ -411,7 +368,7 @@ async fn run() {
         let haproxy = start_haproxy(dir.path(), &edges.iter().collect::<Vec<_>>(), rr);
         let before = origin.bytes();
         let t0 = Instant::now();
-        let tally = replay(haproxy.port, &asks).await;
+        let tally = replay(haproxy.addr.port(), &asks).await;
         let secs = t0.elapsed().as_secs_f64();
         let upstream = origin.bytes() - before;
         rows.push((name, tally.clone(), upstream, secs));
@@ -488,14 +445,14 @@ async fn run_drill(
     };
     // Steady state first: the same caches, a new sequence.
     let before = origin.bytes();
-    let steady = replay(haproxy.port, &asks).await;
+    let steady = replay(haproxy.addr.port(), &asks).await;
     phase("steady", &steady, origin.bytes() - before, &mut out);
 
     edges[1].kill();
     // fall 2 x inter 1s; meanwhile `retries` + `redispatch` carry requests to the next edge.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = origin.bytes();
-    let down = replay(haproxy.port, &asks).await;
+    let down = replay(haproxy.addr.port(), &asks).await;
     phase("edge2 down", &down, origin.bytes() - before, &mut out);
     let (own, moved) = split_by_owner(&down, &owner);
     let (steady_own, steady_moved) = split_by_owner(&steady, &owner);
@@ -511,7 +468,7 @@ async fn run_drill(
     // rise 5 x inter 1s.
     tokio::time::sleep(Duration::from_secs(7)).await;
     let before = origin.bytes();
-    let back = replay(haproxy.port, &asks).await;
+    let back = replay(haproxy.addr.port(), &asks).await;
     phase("edge2 back", &back, origin.bytes() - before, &mut out);
     let returned = back
         .edge_of

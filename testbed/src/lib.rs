@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod client;
 pub mod demo;
+pub mod haproxy;
 
 use std::path::Path;
 

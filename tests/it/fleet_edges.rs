@@ -13,10 +13,10 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use s3edge::route::FileKind;
+use s3edge_testbed::haproxy::Haproxy;
 use serde_json::json;
 
 use crate::common::faults::{Fault, FaultProxy};
-use crate::common::haproxy::Haproxy;
 use crate::common::within;
 use crate::delete::{bind_admin, delete, edge, start_edge};
 use crate::push::{PushHarness, pattern};
@@ -76,7 +76,9 @@ async fn a_returning_edge_never_serves_a_recording_deleted_while_it_was_cut_off(
             (e2.addr, admin_of(&url2)),
             (e3.addr, admin_of(&url3)),
         ],
-    );
+        false,
+    )
+    .expect("haproxy (apt install haproxy; .ci/setup does it)");
     h.put_env("fleet", json!({"account": "ACCF", "region": "eu1"}))
         .await;
     // Twenty recordings: each one's four files are answered by one edge, twice (a hit).

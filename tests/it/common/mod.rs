@@ -21,7 +21,6 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub mod faults;
-pub mod haproxy;
 pub mod pg;
 pub mod process;
 
