@@ -8,6 +8,9 @@
 //! `cargo bench --bench fleet` (needs `haproxy`). Loopback only; bounded in requests and time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_precision_loss)]
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,7 @@ use s3edge::config::{AdminConfig, Config};
 use s3edge::route::FileKind;
 use s3edge_testbed::haproxy::Haproxy;
 use s3edge_testbed::{self as demo, Backends};
+use support::{free_port, wait_port};
 
 const MIB: u64 = 1024 * 1024;
 /// Recordings in the working set (about 2 MiB each: about 600 MiB).
@@ -182,33 +186,38 @@ impl Edge {
         config.cache.ttl = Duration::from_secs(3600);
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, demo::render_toml(&config)).unwrap();
-        let mut edge = Edge {
-            child: Command::new("true").spawn().unwrap(),
+        Edge {
+            child: serve(&path, port, admin),
             port,
             admin,
             config: path,
-        };
-        edge.spawn();
-        edge
+        }
     }
 
-    fn spawn(&mut self) {
-        self.child = Command::new(env!("CARGO_BIN_EXE_s3edge"))
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_port(self.port);
-        wait_port(self.admin);
+    /// Starts the edge again on its config and ports (after [`Edge::kill`]).
+    fn respawn(&mut self) {
+        self.child = serve(&self.config, self.port, self.admin);
     }
 
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `s3edge serve` on `config`; returns once its listeners accept.
+fn serve(config: &Path, port: u16, admin: u16) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_s3edge"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    wait_port(admin);
+    child
 }
 
 impl Drop for Edge {
@@ -464,7 +473,7 @@ async fn run_drill(
         100.0 * steady_moved
     ));
 
-    edges[1].spawn();
+    edges[1].respawn();
     // rise 5 x inter 1s.
     tokio::time::sleep(Duration::from_secs(7)).await;
     let before = origin.bytes();
@@ -496,20 +505,4 @@ fn split_by_owner(t: &Tally, owner: &HashMap<usize, String>) -> (f64, f64) {
         slot.1 += u64::from(*hit);
     }
     (ratio(own.1, own.0), ratio(moved.1, moved.0))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

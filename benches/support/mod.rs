@@ -1,4 +1,5 @@
-//! Shared by the load benchmarks: presigned URLs for reaching a demo backend directly.
+//! Shared by the load benchmarks: presigned URLs for reaching a demo backend directly, and
+//! loopback ports for the servers they start.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, SystemTime};
@@ -57,4 +58,24 @@ pub(crate) fn pattern(len: usize, modulus: usize) -> bytes::Bytes {
         .map(|i| (i % modulus) as u8)
         .collect::<Vec<u8>>()
         .into()
+}
+
+/// A loopback port free now (bound, then released for a server to take).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits up to 5 s for something to listen on loopback `port`.
+pub(crate) fn wait_port(port: u16) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listens on {port}");
 }

@@ -54,20 +54,29 @@ pub(crate) async fn start_edge(
 
 /// GET through an edge: status, Cache-Status, body.
 async fn get(edge: &Served, path: &str) -> (StatusCode, String, Bytes) {
+    get_showing(edge.addr, path, "cache-status").await
+}
+
+/// GET `path` from `addr`: status, the value of `header` (empty when absent), body.
+pub(crate) async fn get_showing(
+    addr: std::net::SocketAddr,
+    path: &str,
+    header: &str,
+) -> (StatusCode, String, Bytes) {
     let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
-    let url = format!("http://{}{path}", edge.addr);
+    let url = format!("http://{addr}{path}");
     let response = within(client.get(url.parse().unwrap())).await.unwrap();
     let status = response.status();
-    let cache = response
+    let value = response
         .headers()
-        .get("cache-status")
+        .get(header)
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
     let body = within(response.into_body().collect())
         .await
         .unwrap()
         .to_bytes();
-    (status, cache, body)
+    (status, value, body)
 }
 
 /// Warms an edge with every file of a recording: the second GET is a hit.

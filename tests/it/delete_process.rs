@@ -3,7 +3,6 @@
 //! recording before the date is gone, the ones after it and other environments stay, and no
 //! request named a key outside the environment's account prefix.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -70,13 +69,7 @@ async fn bulk_deletion_survives_kill_9_and_stays_inside_the_account() {
     let dir = tempfile::tempdir().unwrap();
     let backends = backends_with_buckets(dir.path()).await;
     let mut config = Config::for_regions(backends.regions.clone(), "127.0.0.1:0".parse().unwrap());
-    let eu1_addr: SocketAddr = config.regions[0]
-        .endpoint
-        .authority()
-        .unwrap()
-        .as_str()
-        .parse()
-        .unwrap();
+    let eu1_addr = crate::common::endpoint_addr(&config.regions[0]);
     let proxy = FaultProxy::start(eu1_addr);
     config.regions[0].endpoint = proxy.endpoint();
     let mut push = test_push_config(dir.path().join("spool"));

@@ -20,7 +20,7 @@ async fn start(adjust: impl FnOnce(&mut Config)) -> (Harness, FaultProxy) {
     let mut proxy = None;
     let h = Harness::start_with(|c| {
         let eu1 = c.regions.iter_mut().find(|r| r.name == "eu1").unwrap();
-        let target = eu1.endpoint.authority().unwrap().as_str().parse().unwrap();
+        let target = crate::common::endpoint_addr(eu1);
         let p = FaultProxy::start(target);
         eu1.endpoint = p.endpoint();
         proxy = Some(p);

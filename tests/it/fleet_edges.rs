@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
-use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use s3edge::route::FileKind;
@@ -18,26 +17,12 @@ use serde_json::json;
 
 use crate::common::faults::{Fault, FaultProxy};
 use crate::common::within;
-use crate::delete::{bind_admin, delete, edge, start_edge};
+use crate::delete::{bind_admin, delete, edge, get_showing, start_edge};
 use crate::push::{PushHarness, pattern};
 
 /// GET through HAProxy: status, the answering edge, body.
 async fn get(addr: SocketAddr, path: &str) -> (StatusCode, String, Bytes) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
-    let response = within(client.get(format!("http://{addr}{path}").parse().unwrap()))
-        .await
-        .unwrap();
-    let status = response.status();
-    let edge = response
-        .headers()
-        .get("x-s3edge-edge")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let body = within(response.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    (status, edge, body)
+    get_showing(addr, path, "x-s3edge-edge").await
 }
 
 fn small(i: usize) -> Vec<(FileKind, Bytes)> {

@@ -5,7 +5,6 @@
 //! goes away is a 503, loses nothing, and work resumes by itself when it returns.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -373,13 +372,7 @@ async fn kill_9_of_one_node_the_other_keeps_working_and_the_killed_one_finishes_
     let backends = backends_with_buckets(dir.path()).await;
     let database = pg::shared().create_database();
     // A slow bucket, so node A still has pushes running when it is killed.
-    let eu1: SocketAddr = backends.regions[0]
-        .endpoint
-        .authority()
-        .unwrap()
-        .as_str()
-        .parse()
-        .unwrap();
+    let eu1 = crate::common::endpoint_addr(&backends.regions[0]);
     let proxy = FaultProxy::start(eu1);
     proxy.set(Fault::Trickle {
         bytes: 512,

@@ -458,7 +458,7 @@ async fn faults_follow_the_schedule_then_fail_keep_files_and_a_manual_push_heals
     let edge_admin = admin_url.clone();
     let mut h = PushHarness::start(move |c| {
         let eu1 = c.regions.iter_mut().find(|r| r.name == "eu1").unwrap();
-        let backend: SocketAddr = eu1.endpoint.authority().unwrap().as_str().parse().unwrap();
+        let backend = crate::common::endpoint_addr(eu1);
         let p = FaultProxy::start(backend);
         eu1.endpoint = p.endpoint();
         *slot.lock().unwrap() = Some(p);

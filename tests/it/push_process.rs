@@ -99,13 +99,7 @@ async fn kill_9_mid_push_loses_nothing_and_leaves_no_multipart_upload() {
     let backends = backends_with_buckets(dir.path()).await;
     let mut config = Config::for_regions(backends.regions.clone(), "127.0.0.1:0".parse().unwrap());
     // A slow bucket (every answer trickles), so pushes are still running when the process dies.
-    let eu1_addr: SocketAddr = config.regions[0]
-        .endpoint
-        .authority()
-        .unwrap()
-        .as_str()
-        .parse()
-        .unwrap();
+    let eu1_addr = crate::common::endpoint_addr(&config.regions[0]);
     let proxy = FaultProxy::start(eu1_addr);
     proxy.set(Fault::Trickle {
         bytes: 128,

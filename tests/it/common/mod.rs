@@ -117,6 +117,17 @@ impl Drop for Served {
     }
 }
 
+/// The socket address of a region's (loopback) endpoint, for a proxy in front of it.
+pub fn endpoint_addr(region: &s3edge::config::RegionConfig) -> SocketAddr {
+    region
+        .endpoint
+        .authority()
+        .unwrap()
+        .as_str()
+        .parse()
+        .unwrap()
+}
+
 /// An address whose connections are refused by construction: a socket bound to a loopback
 /// port but never listening. The port stays reserved while the socket lives.
 pub fn refused_addr() -> (tokio::net::TcpSocket, SocketAddr) {
