@@ -1,5 +1,5 @@
 //! One response body type: an upstream stream passed through frame by frame, cached pieces,
-//! a producer's stream, a small fixed body, or nothing. It counts the bytes it hands out and
+//! a producer's stream of pieces, a small fixed body, or nothing. It counts the bytes it hands out and
 //! writes the access log line when the response ends (completed, failed or dropped).
 //!
 //! - [`upstream`]: the backend's body under an idle limit ([`UpstreamBody`]).
@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::mpsc;
 
 pub(crate) use log::{AccessLog, CacheResult};
 pub(crate) use upstream::{InFlightGuard, UpstreamBody};
@@ -36,8 +35,28 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Parts(std::collections::VecDeque<Bytes>),
-    Channel(Option<Bytes>, mpsc::Receiver<Result<Bytes, StreamCut>>),
+    Stream(Option<Bytes>, PieceStream),
     Upstream(UpstreamBody),
+}
+
+/// Pieces produced by polling, in the connection's own task.
+pub struct PieceStream(
+    Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, StreamCut>> + Send + 'static>>,
+);
+
+impl PieceStream {
+    /// Boxes a stream of pieces.
+    pub fn new(
+        stream: impl futures_util::Stream<Item = Result<Bytes, StreamCut>> + Send + 'static,
+    ) -> Self {
+        PieceStream(Box::pin(stream))
+    }
+}
+
+impl std::fmt::Debug for PieceStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PieceStream")
+    }
 }
 
 /// Why a body stream ended early.
@@ -68,11 +87,11 @@ impl ResponseBody {
         }
     }
 
-    /// `first`, then pieces produced by a task; an `Err` cuts the response (never a short
-    /// "complete" body).
-    pub fn channel(first: Option<Bytes>, rx: mpsc::Receiver<Result<Bytes, StreamCut>>) -> Self {
+    /// `first`, then the stream's pieces, polled when the connection wants more; an `Err`
+    /// cuts the response.
+    pub fn stream(first: Option<Bytes>, pieces: PieceStream) -> Self {
         ResponseBody {
-            kind: Kind::Channel(first, rx),
+            kind: Kind::Stream(first, pieces),
             log: None,
         }
     }
@@ -107,10 +126,12 @@ impl Body for ResponseBody {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Parts(parts) => Poll::Ready(parts.pop_front().map(|b| Ok(Frame::data(b)))),
-            Kind::Channel(first, rx) => match first.take() {
+            Kind::Stream(first, pieces) => match first.take() {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                None => rx
-                    .poll_recv(cx)
+                None => pieces
+                    .0
+                    .as_mut()
+                    .poll_next(cx)
                     .map(|piece| piece.map(|r| r.map(Frame::data).map_err(BodyError::from))),
             },
             Kind::Upstream(body) => Pin::new(body)
@@ -143,7 +164,7 @@ impl Body for ResponseBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Parts(parts) => SizeHint::with_exact(parts.iter().map(|b| b.len() as u64).sum()),
-            Kind::Channel(..) => SizeHint::default(),
+            Kind::Stream(..) => SizeHint::default(),
             Kind::Upstream(body) => body.size_hint(),
         }
     }
@@ -156,7 +177,7 @@ impl Kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Parts(parts) => parts.is_empty(),
             // Ends when the producer closes the channel; hyper knows the length from headers.
-            Kind::Channel(..) => false,
+            Kind::Stream(..) => false,
             Kind::Upstream(body) => body.is_end_stream(),
         }
     }

@@ -1,19 +1,20 @@
 //! What is being fetched: every missing chunk has exactly one fetch, a cell that readers
-//! follow piece by piece while it arrives (the first byte never waits for the whole chunk);
+//! follow piece by piece while it arrives (the first byte never waits for the whole chunk;
+//! the pieces are slices of the chunk's one buffer, so the stored chunk is what they read);
 //! every object being probed has one probe, whose answer joiners await. A failed fetch fails
 //! only the readers of that attempt. [`Fetches`] registers both.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::store::{ChunkKey, ObjectKey, Store, StoredMeta};
+use super::store::{ChunkBytes, ChunkKey, ObjectKey, Store, StoredMeta};
 use crate::body::StreamCut;
 use crate::error::GatewayError;
 
-/// One chunk being fetched: the frames so far, then the whole chunk or a failure.
+/// One chunk being fetched: its pieces so far, then its end or a failure.
 #[derive(Debug)]
 pub(crate) struct ChunkCell {
     state: Mutex<CellState>,
@@ -22,9 +23,8 @@ pub(crate) struct ChunkCell {
 
 #[derive(Debug, Default)]
 struct CellState {
-    frames: Vec<Bytes>,
-    filled: usize,
-    outcome: Option<Result<Bytes, StreamCut>>,
+    pieces: Vec<Bytes>,
+    outcome: Option<Result<(), StreamCut>>,
 }
 
 impl ChunkCell {
@@ -35,41 +35,28 @@ impl ChunkCell {
         })
     }
 
-    pub(super) fn push(&self, frame: Bytes) {
-        {
-            let mut state = lock(&self.state);
-            state.filled += frame.len();
-            state.frames.push(frame);
-        }
+    /// Publishes the next piece to the readers.
+    pub(super) fn push(&self, piece: Bytes) {
+        lock(&self.state).pieces.push(piece);
         self.changed.send_replace(());
     }
 
-    /// Completes the chunk: one contiguous buffer, exactly sized, for the store.
-    pub(super) fn finish(&self) -> Option<Bytes> {
-        let bytes = {
+    /// Completes the chunk: its pieces, for the store.
+    pub(super) fn finish(&self) -> ChunkBytes {
+        let pieces = {
             let mut state = lock(&self.state);
-            let frames = std::mem::take(&mut state.frames);
-            let bytes = if frames.len() == 1 {
-                frames.into_iter().next().unwrap_or_default()
-            } else {
-                let mut buf = BytesMut::with_capacity(state.filled);
-                for frame in &frames {
-                    buf.extend_from_slice(frame);
-                }
-                buf.freeze()
-            };
-            state.outcome = Some(Ok(bytes.clone()));
-            bytes
+            state.outcome = Some(Ok(()));
+            ChunkBytes::from(state.pieces.as_slice())
         };
         self.changed.send_replace(());
-        Some(bytes)
+        pieces
     }
 
     pub(super) fn fail(&self) {
         {
             let mut state = lock(&self.state);
             if state.outcome.is_none() {
-                state.frames.clear();
+                state.pieces.clear();
                 state.outcome = Some(Err(StreamCut));
             }
         }
@@ -81,8 +68,7 @@ impl ChunkCell {
         ChunkReader {
             changed: self.changed.subscribe(),
             cell: self.clone(),
-            frame: 0,
-            offset: 0,
+            piece: 0,
         }
     }
 }
@@ -92,8 +78,7 @@ impl ChunkCell {
 pub(crate) struct ChunkReader {
     cell: Arc<ChunkCell>,
     changed: watch::Receiver<()>,
-    frame: usize,
-    offset: usize,
+    piece: usize,
 }
 
 impl ChunkReader {
@@ -102,23 +87,15 @@ impl ChunkReader {
         loop {
             {
                 let state = lock(&self.cell.state);
-                match &state.outcome {
-                    Some(Ok(all)) => {
-                        if self.offset >= all.len() {
-                            return None;
-                        }
-                        let rest = all.slice(self.offset..);
-                        self.offset = all.len();
-                        return Some(Ok(rest));
-                    }
-                    Some(Err(e)) => return Some(Err(*e)),
-                    None => {
-                        if let Some(frame) = state.frames.get(self.frame) {
-                            self.frame += 1;
-                            self.offset += frame.len();
-                            return Some(Ok(frame.clone()));
-                        }
-                    }
+                if let Some(Err(e)) = &state.outcome {
+                    return Some(Err(*e));
+                }
+                if let Some(piece) = state.pieces.get(self.piece) {
+                    self.piece += 1;
+                    return Some(Ok(piece.clone()));
+                }
+                if state.outcome.is_some() {
+                    return None;
                 }
             }
             // Subscribed before the state was read, so no update is missed.

@@ -43,12 +43,14 @@ macro_rules! cache_counters {
             pub bytes: u64,
             /// Entries held.
             pub entries: u64,
+            /// Bytes of chunk buffers kept for reuse (at most a 16th of the capacity, 64 MiB).
+            pub pool_bytes: u64,
         }
 
         impl CacheMetrics {
             /// The counters now, with the store's size.
-            pub(crate) fn snapshot(&self, bytes: u64, entries: u64) -> CacheStats {
-                CacheStats { $($name: self.$name.get(),)* bytes, entries }
+            pub(crate) fn snapshot(&self, bytes: u64, entries: u64, pool_bytes: u64) -> CacheStats {
+                CacheStats { $($name: self.$name.get(),)* bytes, entries, pool_bytes }
             }
         }
 
@@ -101,6 +103,11 @@ impl Collector for CacheCollector {
         for (name, help, value) in [
             ("cache_bytes", "Weighted bytes held by the cache", s.bytes),
             ("cache_entries", "Entries held by the cache", s.entries),
+            (
+                "cache_pool_bytes",
+                "Bytes of dropped chunks' buffers kept for reuse",
+                s.pool_bytes,
+            ),
         ] {
             let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;

@@ -12,24 +12,26 @@
 //! preconditions and Range against it → a body assembled from the chunks it covers, stored or
 //! followed while they arrive.
 
+mod buffers;
 mod inflight;
 pub mod metrics;
 mod probe;
 mod run;
 mod store;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::header::{
     ACCEPT_RANGES, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
     LAST_MODIFIED, RANGE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
-use tokio::sync::mpsc;
 
-use crate::body::{CacheResult, ResponseBody, StreamCut};
+use crate::body::{CacheResult, PieceStream, ResponseBody, StreamCut};
 use crate::conditional::{self, Precondition, Validators};
 use crate::config::CacheConfig;
 use crate::error::GatewayError;
@@ -37,7 +39,8 @@ use crate::range::{self, Span};
 use crate::respond;
 use crate::route::{FileKind, ObjectRef};
 use crate::upstream::Upstream;
-use inflight::Fetches;
+use buffers::BufferPool;
+use inflight::{ChunkReader, Fetches};
 use metrics::CacheMetrics;
 pub use metrics::{CacheCollector, CacheStats};
 use run::ChunkSource;
@@ -46,8 +49,11 @@ use store::{ChunkKey, MetaState, ObjectKey, ObjectMeta, Store, StoredMeta};
 /// The standard `Cache-Status` header (RFC 9211).
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
-/// At most this many stored chunks are gathered without a producer task.
+/// At most this many stored chunks are gathered without a producer.
 const DIRECT_CHUNKS: u64 = 16;
+
+/// Buffers of dropped chunks kept for reuse: a 16th of the capacity, at most this.
+const POOL_MAX: u64 = 64 * 1024 * 1024;
 
 /// The edge cache; cheap to clone.
 #[derive(Clone, Debug)]
@@ -158,7 +164,14 @@ impl Cache {
         let chunk_size = config.chunk_size.max(1);
         Cache {
             inner: Arc::new(CacheInner {
-                store: Store::new(config.capacity, metrics.clone()),
+                store: Store::new(
+                    config.capacity,
+                    metrics.clone(),
+                    Arc::new(BufferPool::new(
+                        to_usize(chunk_size),
+                        (config.capacity / 16).min(POOL_MAX),
+                    )),
+                ),
                 fetches: Fetches::default(),
                 metrics,
                 chunk_size,
@@ -359,30 +372,41 @@ impl Cache {
         );
         if last - first < DIRECT_CHUNKS {
             let mut parts = Vec::with_capacity(usize::try_from(last - first + 1).unwrap_or(1));
+            let mut whole = true;
             for index in first..=last {
                 let chunk = inner.store.chunk(&chunk_key(key, found, index)).await;
-                match chunk.and_then(|bytes| slice_chunk(&bytes, index, inner.chunk_size, span)) {
-                    Some(part) => parts.push(part),
-                    None => break,
+                whole = chunk.is_some_and(|pieces| {
+                    slice_chunk(&pieces, index, inner.chunk_size, span, &mut parts)
+                });
+                if !whole {
+                    break;
                 }
             }
-            if parts.len() as u64 == last - first + 1 {
+            if whole {
                 return Ok(ResponseBody::parts(parts));
             }
         }
-        let (tx, rx) = mpsc::channel(4);
+        let (first, last) = (
+            span.start / inner.chunk_size,
+            (span.end - 1) / inner.chunk_size,
+        );
         let producer = Producer {
             inner: inner.clone(),
             upstream: upstream.clone(),
             key: key.clone(),
             found: found.clone(),
             span,
-            tx,
+            next: first,
+            last,
+            reading: None,
+            queued: VecDeque::new(),
+            ended: false,
         };
-        tokio::spawn(producer.run());
-        let mut rx = rx;
-        match rx.recv().await {
-            Some(Ok(first)) => Ok(ResponseBody::channel(Some(first), rx)),
+        let mut pieces = Box::pin(futures_util::stream::unfold(producer, |mut p| async move {
+            p.next().await.map(|piece| (piece, p))
+        }));
+        match pieces.next().await {
+            Some(Ok(first)) => Ok(ResponseBody::stream(Some(first), PieceStream::new(pieces))),
             Some(Err(_)) => Err(GatewayError::UpstreamFetch),
             None => Err(GatewayError::Internal("chunk producer ended without data")),
         }
@@ -427,6 +451,7 @@ impl Cache {
         self.inner.metrics.snapshot(
             self.inner.store.weighted_size(),
             self.inner.store.entry_count(),
+            self.inner.store.pool().held(),
         )
     }
 
@@ -452,61 +477,95 @@ pub enum PurgeTarget {
     File(String),
 }
 
-/// Streams a span chunk by chunk into the response channel; stops when the client leaves.
+/// The pieces of a span, chunk by chunk, stored or followed while they arrive; polled by the
+/// response body itself (no task and channel between them), so it stops when the client
+/// leaves. Fills run in their own tasks and finish regardless.
 struct Producer {
     inner: Arc<CacheInner>,
     upstream: Arc<Upstream>,
     key: ObjectKey,
     found: ObjectMeta,
     span: Span,
-    tx: mpsc::Sender<Result<Bytes, StreamCut>>,
+    /// The next chunk to look up.
+    next: u64,
+    /// The span's last chunk.
+    last: u64,
+    /// The chunk being followed while it is fetched.
+    reading: Option<Reading>,
+    /// Pieces of a stored chunk not yet handed out.
+    queued: VecDeque<Bytes>,
+    /// A failure was reported: nothing follows it.
+    ended: bool,
+}
+
+/// A chunk followed while it is fetched: where its reader is, and the part the span wants.
+struct Reading {
+    reader: ChunkReader,
+    position: u64,
+    lo: u64,
+    hi: u64,
 }
 
 impl Producer {
-    async fn run(self) {
+    /// The next piece of the span; `Err` once if a fetch failed (the response is cut, never
+    /// completed short), `None` at the end.
+    async fn next(&mut self) -> Option<Result<Bytes, StreamCut>> {
         let chunk = self.inner.chunk_size;
-        let (first, last) = (self.span.start / chunk, (self.span.end - 1) / chunk);
-        for index in first..=last {
-            let chunk_start = index * chunk;
-            let lo = self.span.start.max(chunk_start) - chunk_start;
-            let hi = self.span.end.min(chunk_start + chunk) - chunk_start;
+        loop {
+            if let Some(part) = self.queued.pop_front() {
+                return Some(Ok(part));
+            }
+            if let Some(reading) = &mut self.reading {
+                if reading.position >= reading.hi {
+                    self.reading = None;
+                    continue;
+                }
+                match reading.reader.next().await {
+                    Some(Ok(piece)) => {
+                        let (from, to) = (reading.position, reading.position + piece.len() as u64);
+                        reading.position = to;
+                        let (a, b) = (from.max(reading.lo), to.min(reading.hi));
+                        if a < b {
+                            return Some(Ok(piece.slice(to_usize(a - from)..to_usize(b - from))));
+                        }
+                        continue;
+                    }
+                    Some(Err(_)) | None => return self.fail(),
+                }
+            }
+            if self.ended || self.next > self.last {
+                return None;
+            }
+            let index = self.next;
+            self.next += 1;
             let source =
                 run::chunk_source(&self.inner, &self.upstream, &self.key, &self.found, index).await;
-            let sent = match source {
-                ChunkSource::Stored(bytes) => match slice_chunk(&bytes, index, chunk, self.span) {
-                    Some(part) => self.tx.send(Ok(part)).await.is_ok(),
-                    None => self.fail().await,
-                },
-                ChunkSource::Filling(mut reader) => {
-                    let mut position = 0u64;
-                    let mut alive = true;
-                    while alive && position < hi {
-                        match reader.next().await {
-                            Some(Ok(piece)) => {
-                                let (from, to) = (position, position + piece.len() as u64);
-                                position = to;
-                                let (a, b) = (from.max(lo), to.min(hi));
-                                if a < b {
-                                    let part = piece.slice(to_usize(a - from)..to_usize(b - from));
-                                    alive = self.tx.send(Ok(part)).await.is_ok();
-                                }
-                            }
-                            Some(Err(_)) | None => alive = self.fail().await,
-                        }
+            match source {
+                ChunkSource::Stored(pieces) => {
+                    let mut parts = Vec::new();
+                    if !slice_chunk(&pieces, index, chunk, self.span, &mut parts) {
+                        return self.fail();
                     }
-                    alive
+                    self.queued.extend(parts);
                 }
-            };
-            if !sent {
-                return;
+                ChunkSource::Filling(reader) => {
+                    let chunk_start = index * chunk;
+                    self.reading = Some(Reading {
+                        reader,
+                        position: 0,
+                        lo: self.span.start.max(chunk_start) - chunk_start,
+                        hi: self.span.end.min(chunk_start + chunk) - chunk_start,
+                    });
+                }
             }
         }
     }
 
-    /// Ends the response with an error so the client sees a cut, never a short "complete" body.
-    async fn fail(&self) -> bool {
-        let _ = self.tx.send(Err(StreamCut)).await;
-        false
+    fn fail(&mut self) -> Option<Result<Bytes, StreamCut>> {
+        self.ended = true;
+        self.reading = None;
+        self.queued.clear();
+        Some(Err(StreamCut))
     }
 }
 
@@ -522,12 +581,28 @@ fn chunk_key(key: &ObjectKey, found: &ObjectMeta, index: u64) -> ChunkKey {
     }
 }
 
-/// The part of stored chunk `index` that falls in `span`; `None` if the chunk is too short.
-fn slice_chunk(bytes: &Bytes, index: u64, chunk: u64, span: Span) -> Option<Bytes> {
+/// Appends the parts of stored chunk `index` that fall in `span`; false (nothing appended)
+/// if the chunk is too short.
+fn slice_chunk(pieces: &[Bytes], index: u64, chunk: u64, span: Span, out: &mut Vec<Bytes>) -> bool {
     let chunk_start = index * chunk;
-    let lo = to_usize(span.start.max(chunk_start) - chunk_start);
-    let hi = to_usize(span.end.min(chunk_start + chunk) - chunk_start);
-    (hi <= bytes.len() && lo < hi).then(|| bytes.slice(lo..hi))
+    let lo = span.start.max(chunk_start) - chunk_start;
+    let hi = span.end.min(chunk_start + chunk) - chunk_start;
+    if lo >= hi || (store::chunk_len(pieces) as u64) < hi {
+        return false;
+    }
+    let mut at = 0u64;
+    for piece in pieces {
+        let end = at + piece.len() as u64;
+        let (a, b) = (lo.max(at), hi.min(end));
+        if a < b {
+            out.push(piece.slice(to_usize(a - at)..to_usize(b - at)));
+        }
+        if end >= hi {
+            break;
+        }
+        at = end;
+    }
+    true
 }
 
 /// The chunk a miss should fetch first: where the client's Range starts.

@@ -3,20 +3,22 @@
 
 use std::sync::Arc;
 
+use bytes::{Buf, BytesMut};
+use futures_util::FutureExt;
 use http::header::{IF_MATCH, RANGE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 
-use super::CacheInner;
 use super::inflight::{ChunkReader, Run, claim_run, lock};
-use super::store::{ChunkKey, ObjectKey, ObjectMeta};
+use super::store::{ChunkBytes, ChunkKey, ObjectKey, ObjectMeta};
+use super::{CacheInner, to_usize};
 use crate::body::UpstreamBody;
 use crate::upstream::{self, Upstream};
 
 /// Where a chunk's bytes come from.
 pub(super) enum ChunkSource {
     /// Stored.
-    Stored(bytes::Bytes),
+    Stored(ChunkBytes),
     /// Being fetched.
     Filling(ChunkReader),
 }
@@ -63,6 +65,11 @@ pub(super) async fn chunk_source(
     }
 }
 
+/// Bytes gathered before they are published to readers while more of the answer is ready
+/// at once: fewer, larger pieces (fewer wake-ups and writes), and a piece never waits for
+/// bytes that have not arrived.
+const COALESCE: usize = 256 * 1024;
+
 /// A run of consecutive chunks filled from one upstream response. Dropping it fails every
 /// chunk not yet complete, so no reader waits for a fetch that ended.
 pub(super) struct Fill {
@@ -74,6 +81,10 @@ pub(super) struct Fill {
     current: usize,
     /// Bytes of the current chunk received.
     filled: u64,
+    /// The current chunk's one buffer, sized to it: its part not yet published. Published
+    /// pieces are slices of it, so the upstream's frames are released at once (its read
+    /// buffer is reused instead of reallocated) and completing the chunk copies nothing.
+    buf: BytesMut,
     /// The store's purge generation before the fetch.
     since: u64,
 }
@@ -87,6 +98,7 @@ impl Fill {
             length,
             current: 0,
             filled: 0,
+            buf: BytesMut::new(),
             since,
         }
     }
@@ -130,10 +142,18 @@ impl Fill {
         }
     }
 
-    /// Splits the body into the run's chunks; stores each complete chunk.
+    /// Copies the body into the run's chunks as it arrives; stores each complete chunk.
     pub(super) async fn stream(mut self, mut body: UpstreamBody) {
         while self.current < self.run.len() {
-            let frame = match body.frame().await {
+            // What is ready now is gathered; before waiting, what was gathered is published.
+            let frame = match body.frame().now_or_never() {
+                Some(frame) => frame,
+                None => {
+                    self.publish();
+                    body.frame().await
+                }
+            };
+            let frame = match frame {
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => {
                     tracing::warn!(%error, "upstream body failed mid-chunk");
@@ -149,14 +169,30 @@ impl Fill {
             };
             while !data.is_empty() && self.current < self.run.len() {
                 let expected = self.expected_len();
+                if self.filled == 0 {
+                    self.buf = (self.inner.store.pool()).take(to_usize(expected));
+                }
                 let want = usize::try_from(expected - self.filled).unwrap_or(usize::MAX);
-                let piece = data.split_to(want.min(data.len()));
-                self.filled += piece.len() as u64;
-                self.run[self.current].1.push(piece);
+                let take = want.min(data.len());
+                self.buf.extend_from_slice(&data[..take]);
+                data.advance(take);
+                self.filled += take as u64;
                 if self.filled == expected {
+                    self.publish();
                     self.complete().await;
+                } else if self.buf.len() >= COALESCE {
+                    self.publish();
                 }
             }
+        }
+    }
+
+    /// Hands the gathered bytes of the current chunk to its readers.
+    fn publish(&mut self) {
+        if let Some((_, cell)) = self.run.get(self.current)
+            && !self.buf.is_empty()
+        {
+            cell.push(self.buf.split().freeze());
         }
     }
 
@@ -170,12 +206,11 @@ impl Fill {
     /// Stores the current chunk and moves to the next.
     async fn complete(&mut self) {
         let (key, cell) = &self.run[self.current];
-        if let Some(bytes) = cell.finish()
-            && self.length <= self.inner.max_object_size
-        {
+        let pieces = cell.finish();
+        if self.length <= self.inner.max_object_size {
             self.inner
                 .store
-                .put_chunk(key.clone(), bytes, self.since)
+                .put_chunk(key.clone(), pieces, self.since)
                 .await;
             self.inner.metrics.chunks_stored.inc();
         }

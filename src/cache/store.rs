@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use moka::notification::RemovalCause;
 
+use super::buffers::BufferPool;
 use super::metrics::CacheMetrics;
 
 /// Bytes charged per entry on top of its body: key, moka node and bookkeeping.
@@ -43,7 +44,16 @@ enum StoreKey {
 #[derive(Debug, Clone)]
 enum StoreValue {
     Meta(Arc<StoredMeta>),
-    Chunk(Bytes),
+    Chunk(ChunkBytes),
+}
+
+/// A chunk's bytes in order: slices of one buffer, filled as the upstream answer arrived
+/// (no copy into a second buffer when it completes).
+pub(super) type ChunkBytes = Arc<[Bytes]>;
+
+/// The length of a chunk's bytes.
+pub(super) fn chunk_len(pieces: &[Bytes]) -> usize {
+    pieces.iter().map(Bytes::len).sum()
 }
 
 /// What the backend said about an object, and when.
@@ -106,17 +116,27 @@ pub(super) struct Store {
     /// Bumped by every purge: a fill that fetched before a purge does not store what it got
     /// (the object may have been deleted or replaced in the bucket since).
     generation: Arc<std::sync::atomic::AtomicU64>,
+    /// Chunk bytes inserted since evictions last ran: moka evicts in batches, so without
+    /// this a stream of misses would hold more than the capacity until its next housekeeping.
+    unsettled: Arc<std::sync::atomic::AtomicU64>,
+    /// Evictions run once this many bytes were inserted (a 32nd of the capacity).
+    settle_every: u64,
+    /// Where evicted chunks' buffers go, and fills take theirs.
+    pool: Arc<BufferPool>,
 }
 
 impl Store {
     /// A store holding at most `capacity` weighted bytes.
-    pub(super) fn new(capacity: u64, metrics: Arc<CacheMetrics>) -> Store {
+    pub(super) fn new(capacity: u64, metrics: Arc<CacheMetrics>, pool: Arc<BufferPool>) -> Store {
+        let listener_pool = pool.clone();
         let cache = moka::future::Cache::builder()
             .max_capacity(capacity)
             .weigher(|key: &StoreKey, value: &StoreValue| -> u32 {
                 let body = match value {
                     StoreValue::Meta(_) => 128,
-                    StoreValue::Chunk(bytes) => u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+                    StoreValue::Chunk(pieces) => {
+                        u32::try_from(chunk_len(pieces)).unwrap_or(u32::MAX)
+                    }
                 };
                 let key = match key {
                     StoreKey::Meta(k) => k.key.len(),
@@ -125,9 +145,16 @@ impl Store {
                 body.saturating_add(ENTRY_OVERHEAD)
                     .saturating_add(u32::try_from(key).unwrap_or(u32::MAX))
             })
-            .eviction_listener(move |_key, _value, cause| {
+            .eviction_listener(move |_key, value, cause| {
                 if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
                     metrics.evictions.inc();
+                }
+                if let StoreValue::Chunk(pieces) = value
+                    && let Some(first) = pieces.first().cloned()
+                {
+                    // The other pieces go first, so the buffer may be the pool's alone.
+                    drop(pieces);
+                    listener_pool.give(first);
                 }
             })
             .support_invalidation_closures()
@@ -135,6 +162,9 @@ impl Store {
         Store {
             cache,
             generation: Arc::default(),
+            unsettled: Arc::default(),
+            settle_every: (capacity / 32).max(1),
+            pool,
         }
     }
 
@@ -180,9 +210,9 @@ impl Store {
     }
 
     /// A stored chunk.
-    pub(super) async fn chunk(&self, key: &ChunkKey) -> Option<Bytes> {
+    pub(super) async fn chunk(&self, key: &ChunkKey) -> Option<ChunkBytes> {
         match self.cache.get(&StoreKey::Chunk(key.clone())).await {
-            Some(StoreValue::Chunk(bytes)) => Some(bytes),
+            Some(StoreValue::Chunk(pieces)) => Some(pieces),
             _ => None,
         }
     }
@@ -193,9 +223,20 @@ impl Store {
     }
 
     /// Stores a chunk fetched in generation `since`.
-    pub(super) async fn put_chunk(&self, key: ChunkKey, bytes: Bytes, since: u64) {
-        self.put(StoreKey::Chunk(key), StoreValue::Chunk(bytes), since)
+    pub(super) async fn put_chunk(&self, key: ChunkKey, pieces: ChunkBytes, since: u64) {
+        let len = chunk_len(&pieces) as u64;
+        self.put(StoreKey::Chunk(key), StoreValue::Chunk(pieces), since)
             .await;
+        let unsettled = self.unsettled.fetch_add(len, Ordering::AcqRel) + len;
+        if unsettled >= self.settle_every {
+            self.unsettled.store(0, Ordering::Release);
+            self.cache.run_pending_tasks().await;
+        }
+    }
+
+    /// The pool fills take their chunk buffers from.
+    pub(super) fn pool(&self) -> &BufferPool {
+        &self.pool
     }
 
     /// Drops every entry of objects in `region` whose key satisfies `matches`.
