@@ -3,6 +3,7 @@
 //! touch, which a `perf` profile of cold transfers put at half of the gateway's CPU. The pool
 //! is bounded, so what it keeps beyond the cache's capacity is at most its bound.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
@@ -12,7 +13,10 @@ use super::inflight::lock;
 /// Buffers of one chunk size, at most `max` of them.
 #[derive(Debug)]
 pub(super) struct BufferPool {
-    buffers: Mutex<Vec<BytesMut>>,
+    /// First pieces of dropped chunks: each owns its chunk's buffer once every other piece
+    /// is gone (the store's entry goes after its eviction listener has run, and a response
+    /// may still be sending the chunk), so they are reclaimed when a fill asks.
+    returned: Mutex<VecDeque<Bytes>>,
     /// Capacity of every pooled buffer.
     size: usize,
     /// Buffers kept at most.
@@ -24,41 +28,48 @@ impl BufferPool {
     pub(super) fn new(size: usize, bound: u64) -> Self {
         let max = usize::try_from(bound / size.max(1) as u64).unwrap_or(0);
         BufferPool {
-            buffers: Mutex::new(Vec::with_capacity(max.min(1024))),
+            returned: Mutex::new(VecDeque::with_capacity(max.min(1024))),
             size,
             max,
         }
     }
 
-    /// An empty buffer for at least `len` bytes: a kept one when `len` fits, else a new one.
+    /// An empty buffer for at least `len` bytes: a kept one when `len` fits and one is free
+    /// of readers, else a new one.
     pub(super) fn take(&self, len: usize) -> BytesMut {
-        if len <= self.size
-            && let Some(buf) = lock(&self.buffers).pop()
-        {
-            return buf;
+        if len <= self.size {
+            let mut returned = lock(&self.returned);
+            for _ in 0..returned.len() {
+                let Some(first) = returned.pop_front() else {
+                    break;
+                };
+                match first.try_into_mut() {
+                    Ok(mut buf) if buf.capacity() >= self.size => {
+                        buf.clear();
+                        return buf;
+                    }
+                    // Smaller than a chunk (cannot happen for a first piece): dropped.
+                    Ok(_) => {}
+                    // Still read: kept for a later fill.
+                    Err(first) => returned.push_back(first),
+                }
+            }
         }
         BytesMut::with_capacity(len)
     }
 
-    /// Keeps the buffer behind a dropped chunk if nothing else holds it (a response still
-    /// sending it keeps it alive, and it is freed later as usual) and the pool has room.
+    /// Keeps the first piece of a dropped chunk, and with it the chunk's buffer, if the pool
+    /// has room.
     pub(super) fn give(&self, first: Bytes) {
-        let Ok(mut buf) = first.try_into_mut() else {
-            return;
-        };
-        buf.clear();
-        if buf.capacity() < self.size {
-            return;
-        }
-        let mut buffers = lock(&self.buffers);
-        if buffers.len() < self.max {
-            buffers.push(buf);
+        let mut returned = lock(&self.returned);
+        if returned.len() < self.max {
+            returned.push_back(first);
         }
     }
 
     /// Bytes held.
     pub(super) fn held(&self) -> u64 {
-        (lock(&self.buffers).len() * self.size) as u64
+        (lock(&self.returned).len() * self.size) as u64
     }
 }
 
@@ -74,17 +85,19 @@ mod tests {
         let first = buf.split().freeze();
         buf.extend_from_slice(&[8; 424]);
         let second = buf.split().freeze();
-        let address = first.as_ptr();
-        // The second piece still shares the buffer: not reusable yet.
-        pool.give(first.clone());
-        assert_eq!(pool.held(), 0);
-        drop(second);
         drop(buf);
+        let address = first.as_ptr();
         pool.give(first);
         assert_eq!(pool.held(), 1024);
+        // The second piece still shares the buffer: a new one, the kept one stays.
+        let other = pool.take(1000);
+        assert_ne!(other.as_ptr(), address);
+        assert_eq!(pool.held(), 1024);
+        drop(second);
         let again = pool.take(1000);
         assert_eq!(again.as_ptr(), address);
         assert!(again.is_empty() && again.capacity() >= 1024);
+        assert_eq!(pool.held(), 0);
         // Larger than the pool's size: a new buffer.
         assert!(pool.take(4096).capacity() >= 4096);
     }

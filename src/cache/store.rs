@@ -150,11 +150,9 @@ impl Store {
                     metrics.evictions.inc();
                 }
                 if let StoreValue::Chunk(pieces) = value
-                    && let Some(first) = pieces.first().cloned()
+                    && let Some(first) = pieces.first()
                 {
-                    // The other pieces go first, so the buffer may be the pool's alone.
-                    drop(pieces);
-                    listener_pool.give(first);
+                    listener_pool.give(first.clone());
                 }
             })
             .support_invalidation_closures()
