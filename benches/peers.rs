@@ -134,6 +134,11 @@ impl Server {
     fn cpu_ticks(&self) -> u64 {
         self.pids().iter().map(|pid| cpu_of(*pid)).sum()
     }
+
+    /// Minor page faults of all its processes (each one a page the kernel zeroed or mapped).
+    fn minor_faults(&self) -> u64 {
+        self.pids().iter().map(|pid| stat_fields(*pid)[7]).sum()
+    }
 }
 
 impl Drop for Server {
@@ -189,16 +194,20 @@ fn descendants(root: u32) -> Vec<u32> {
 
 /// utime + stime of a process (all its threads), in clock ticks.
 fn cpu_of(pid: u32) -> u64 {
+    let fields = stat_fields(pid);
+    fields[11] + fields[12]
+}
+
+/// The numeric fields of `/proc/PID/stat` after the command name (0 is the state, 7
+/// `minflt`, 11 `utime`, 12 `stime`); zeros if the process is gone.
+fn stat_fields(pid: u32) -> [u64; 16] {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let get = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    get(11) + get(12)
+    let mut fields = [0u64; 16];
+    for (field, value) in fields.iter_mut().zip(after.split_whitespace()) {
+        *field = value.parse().unwrap_or(0);
+    }
+    fields
 }
 
 /// A `/proc/PID/status` memory line (`VmHWM:`, `VmRSS:`) in KiB.
@@ -473,9 +482,11 @@ fn perf_stop(child: Option<Child>) {
     }
 }
 
-/// Server CPU (ms) and speed (MB/s) of one cold stream-through by curl on core 1.
-fn cold_transfer(server: Option<&Server>, url: &str) -> (f64, f64) {
+/// Server CPU (ms), speed (MB/s) and the server's minor page faults of one cold
+/// stream-through by curl on core 1.
+fn cold_transfer(server: Option<&Server>, url: &str) -> (f64, f64, u64) {
     let before = server.map_or(0, Server::cpu_ticks);
+    let faults = server.map_or(0, Server::minor_faults);
     let out = Command::new("taskset")
         .args([
             "-c",
@@ -493,12 +504,15 @@ fn cold_transfer(server: Option<&Server>, url: &str) -> (f64, f64) {
         .output()
         .unwrap();
     let cpu_ms = server.map_or(0, Server::cpu_ticks).saturating_sub(before) as f64 * 10.0;
+    let faults = server
+        .map_or(0, Server::minor_faults)
+        .saturating_sub(faults);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let mut f = text.split_whitespace();
     let size: f64 = f.next().unwrap_or("0").parse().unwrap_or(0.0);
     let secs: f64 = f.next().unwrap_or("1").parse().unwrap_or(1.0);
     assert_eq!(size as usize, VIDEO, "{url}: {text}");
-    (cpu_ms, size / secs / 1e6)
+    (cpu_ms, size / secs / 1e6, faults)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -730,27 +744,28 @@ end
         // P3 cold stream-through, with the server's CPU around each transfer.
         let mut cold = Vec::new();
         for (index, name) in names.iter().enumerate() {
-            let (mut cpu, mut speeds) = (0.0, Vec::new());
+            let (mut cpu, mut speeds, mut faults) = (0.0, Vec::new(), 0);
             let perf = servers.get(index).and_then(|s| perf_start(s, "cold"));
             for i in 0..COLD {
                 let url = format!("{}/{account}/cold-{name}-{i}.mp4", base(index));
-                let (ms, speed) = cold_transfer(servers.get(index), &url);
+                let (ms, speed, faulted) = cold_transfer(servers.get(index), &url);
                 cpu += ms;
+                faults += faulted;
                 speeds.push(speed);
             }
             perf_stop(perf);
             let mb = (COLD * VIDEO) as f64 / 1e6;
-            cold.push((*name, median(speeds), cpu / mb));
+            cold.push((*name, median(speeds), cpu / mb, faults as f64 / mb));
         }
         let _ = writeln!(
             report,
             "P3 cold stream-through of a 50 MB object (curl, median of {COLD} distinct objects; server CPU from /proc/PID/stat around each transfer):"
         );
-        for (name, speed, cpu) in &cold {
+        for (name, speed, cpu, faults) in &cold {
             let cpu = if *name == "direct" {
                 String::new()
             } else {
-                format!("  {cpu:>5.2} ms CPU/MB")
+                format!("  {cpu:>5.2} ms CPU/MB  {faults:>6.1} page faults/MB")
             };
             let _ = writeln!(
                 report,
@@ -835,11 +850,12 @@ end
             passed += timed_get(&client, &url).await.1 as u64;
         }
         // A real edge's cache is full: cold objects now replace evicted ones.
-        let (mut cpu, mut speeds) = (0.0, Vec::new());
+        let (mut cpu, mut speeds, mut faults) = (0.0, Vec::new(), 0);
         for i in 0..COLD {
             let url = format!("{}/{account}/steady-{i}.mp4", s.base);
-            let (ms, speed) = cold_transfer(Some(&s), &url);
+            let (ms, speed, faulted) = cold_transfer(Some(&s), &url);
             cpu += ms;
+            faults += faulted;
             speeds.push(speed);
         }
         let pid = s.child.id();
@@ -873,9 +889,10 @@ end
         );
         let _ = writeln!(
             report,
-            "P5 cold stream-through of {COLD} more 50 MB objects through the full cache: {:.0} MB/s (median), {:.2} ms CPU/MB",
+            "P5 cold stream-through of {COLD} more 50 MB objects through the full cache: {:.0} MB/s (median), {:.2} ms CPU/MB, {:.1} page faults/MB",
             median(speeds),
-            cpu / ((COLD * VIDEO) as f64 / 1e6)
+            cpu / ((COLD * VIDEO) as f64 / 1e6),
+            faults as f64 / ((COLD * VIDEO) as f64 / 1e6)
         );
         drop(s);
     }
