@@ -1,7 +1,8 @@
-//! Chunk buffers of evicted or purged chunks, kept for the next fills. Memory the process
-//! has touched is reused without page faults; fresh memory is zeroed by the kernel on first
-//! touch, which a `perf` profile of cold transfers put at half of the gateway's CPU. The pool
-//! is bounded, so what it keeps beyond the cache's capacity is at most its bound.
+//! Chunk buffers kept for the next fills: those of evicted or purged chunks, and the fills'
+//! own once a chunk is stored as one copy. Memory the process has touched is reused without
+//! page faults; fresh memory is zeroed by the kernel on first touch, which a `perf` profile of
+//! cold transfers put at half of the gateway's CPU. The pool is bounded, so what it keeps
+//! beyond the cache's capacity is at most its bound.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -13,9 +14,9 @@ use super::inflight::lock;
 /// Buffers of one chunk size, at most `max` of them.
 #[derive(Debug)]
 pub(super) struct BufferPool {
-    /// First pieces of dropped chunks: each owns its chunk's buffer once every other piece
-    /// is gone (the store's entry goes after its eviction listener has run, and a response
-    /// may still be sending the chunk), so they are reclaimed when a fill asks.
+    /// First pieces of dropped buffers: each owns its buffer once every other slice of it is
+    /// gone (the store's entry goes after its eviction listener has run, and a response may
+    /// still be sending it), so they are reclaimed when a fill asks.
     returned: Mutex<VecDeque<Bytes>>,
     /// Capacity of every pooled buffer.
     size: usize,
@@ -36,8 +37,8 @@ impl BufferPool {
 
     /// An empty buffer for at least `len` bytes: a kept one when `len` is a chunk's size
     /// (a short last chunk gets its own, so the store's weight stays its memory) and one is
-    /// free of readers, else a new one.
-    pub(super) fn take(&self, len: usize) -> BytesMut {
+    /// free of readers (`true`), else a new one.
+    pub(super) fn take(&self, len: usize) -> (BytesMut, bool) {
         if len == self.size {
             let mut returned = lock(&self.returned);
             for _ in 0..returned.len() {
@@ -47,7 +48,7 @@ impl BufferPool {
                 match first.try_into_mut() {
                     Ok(mut buf) if buf.capacity() >= self.size => {
                         buf.clear();
-                        return buf;
+                        return (buf, true);
                     }
                     // Smaller than a chunk (cannot happen for a first piece): dropped.
                     Ok(_) => {}
@@ -56,11 +57,11 @@ impl BufferPool {
                 }
             }
         }
-        BytesMut::with_capacity(len)
+        (BytesMut::with_capacity(len), false)
     }
 
-    /// Keeps the first piece of a dropped chunk, and with it the chunk's buffer, if the pool
-    /// has room.
+    /// Keeps the first piece of a dropped buffer, and with it the buffer, if the pool has
+    /// room.
     pub(super) fn give(&self, first: Bytes) {
         let mut returned = lock(&self.returned);
         if returned.len() < self.max {
@@ -81,7 +82,8 @@ mod tests {
     #[test]
     fn a_dropped_chunks_buffer_is_reused_once_nothing_holds_it() {
         let pool = BufferPool::new(1024, 2048);
-        let mut buf = pool.take(1024);
+        let (mut buf, reused) = pool.take(1024);
+        assert!(!reused);
         buf.extend_from_slice(&[7; 600]);
         let first = buf.split().freeze();
         buf.extend_from_slice(&[8; 424]);
@@ -91,14 +93,16 @@ mod tests {
         pool.give(first);
         assert_eq!(pool.held(), 1024);
         // The second piece still shares the buffer: a new one, the kept one stays.
-        let other = pool.take(1024);
+        let (other, reused) = pool.take(1024);
+        assert!(!reused);
         assert_ne!(other.as_ptr(), address);
         assert_eq!(pool.held(), 1024);
         drop(second);
         // A short chunk gets a buffer of its own size.
-        assert!(pool.take(100).capacity() < 1024);
+        assert!(pool.take(100).0.capacity() < 1024);
         assert_eq!(pool.held(), 1024);
-        let again = pool.take(1024);
+        let (again, reused) = pool.take(1024);
+        assert!(reused);
         assert_eq!(again.as_ptr(), address);
         assert!(again.is_empty() && again.capacity() >= 1024);
         assert_eq!(pool.held(), 0);

@@ -1,6 +1,6 @@
 //! What is being fetched: every missing chunk has exactly one fetch, a cell that readers
 //! follow piece by piece while it arrives (the first byte never waits for the whole chunk;
-//! the pieces are slices of the chunk's one buffer, so the stored chunk is what they read);
+//! the pieces are slices of the fill's one buffer, whose upstream frames are released at once);
 //! every object being probed has one probe, whose answer joiners await. A failed fetch fails
 //! only the readers of that attempt. [`Fetches`] registers both.
 
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::store::{ChunkBytes, ChunkKey, ObjectKey, Store, StoredMeta};
+use super::store::{ChunkKey, ObjectKey, Store, StoredMeta};
 use crate::body::StreamCut;
 use crate::error::GatewayError;
 
@@ -42,11 +42,11 @@ impl ChunkCell {
     }
 
     /// Completes the chunk: its pieces, for the store.
-    pub(super) fn finish(&self) -> ChunkBytes {
+    pub(super) fn finish(&self) -> Vec<Bytes> {
         let pieces = {
             let mut state = lock(&self.state);
             state.outcome = Some(Ok(()));
-            ChunkBytes::from(state.pieces.as_slice())
+            state.pieces.clone()
         };
         self.changed.send_replace(());
         pieces

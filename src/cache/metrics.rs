@@ -76,6 +76,7 @@ cache_counters! {
     negative_hits: "404s answered from the negative cache",
     bypassed: "Objects too large to cache, relayed",
     fetch_failures: "Chunk fetches that failed (cut, timed out, object changed)",
+    buffers_reused: "Chunk fills that reused a dropped chunk's buffer",
 }
 
 /// The cache's series, read at scrape time.

@@ -19,7 +19,6 @@ mod probe;
 mod run;
 mod store;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -372,17 +371,14 @@ impl Cache {
         );
         if last - first < DIRECT_CHUNKS {
             let mut parts = Vec::with_capacity(usize::try_from(last - first + 1).unwrap_or(1));
-            let mut whole = true;
             for index in first..=last {
                 let chunk = inner.store.chunk(&chunk_key(key, found, index)).await;
-                whole = chunk.is_some_and(|pieces| {
-                    slice_chunk(&pieces, index, inner.chunk_size, span, &mut parts)
-                });
-                if !whole {
-                    break;
+                match chunk.and_then(|bytes| slice_chunk(&bytes, index, inner.chunk_size, span)) {
+                    Some(part) => parts.push(part),
+                    None => break,
                 }
             }
-            if whole {
+            if parts.len() as u64 == last - first + 1 {
                 return Ok(ResponseBody::parts(parts));
             }
         }
@@ -399,7 +395,6 @@ impl Cache {
             next: first,
             last,
             reading: None,
-            queued: VecDeque::new(),
             ended: false,
         };
         let mut pieces = Box::pin(futures_util::stream::unfold(producer, |mut p| async move {
@@ -492,8 +487,6 @@ struct Producer {
     last: u64,
     /// The chunk being followed while it is fetched.
     reading: Option<Reading>,
-    /// Pieces of a stored chunk not yet handed out.
-    queued: VecDeque<Bytes>,
     /// A failure was reported: nothing follows it.
     ended: bool,
 }
@@ -512,9 +505,6 @@ impl Producer {
     async fn next(&mut self) -> Option<Result<Bytes, StreamCut>> {
         let chunk = self.inner.chunk_size;
         loop {
-            if let Some(part) = self.queued.pop_front() {
-                return Some(Ok(part));
-            }
             if let Some(reading) = &mut self.reading {
                 if reading.position >= reading.hi {
                     self.reading = None;
@@ -541,12 +531,11 @@ impl Producer {
             let source =
                 run::chunk_source(&self.inner, &self.upstream, &self.key, &self.found, index).await;
             match source {
-                ChunkSource::Stored(pieces) => {
-                    let mut parts = Vec::new();
-                    if !slice_chunk(&pieces, index, chunk, self.span, &mut parts) {
-                        return self.fail();
-                    }
-                    self.queued.extend(parts);
+                ChunkSource::Stored(bytes) => {
+                    return match slice_chunk(&bytes, index, chunk, self.span) {
+                        Some(part) => Some(Ok(part)),
+                        None => self.fail(),
+                    };
                 }
                 ChunkSource::Filling(reader) => {
                     let chunk_start = index * chunk;
@@ -564,7 +553,6 @@ impl Producer {
     fn fail(&mut self) -> Option<Result<Bytes, StreamCut>> {
         self.ended = true;
         self.reading = None;
-        self.queued.clear();
         Some(Err(StreamCut))
     }
 }
@@ -581,28 +569,12 @@ fn chunk_key(key: &ObjectKey, found: &ObjectMeta, index: u64) -> ChunkKey {
     }
 }
 
-/// Appends the parts of stored chunk `index` that fall in `span`; false (nothing appended)
-/// if the chunk is too short.
-fn slice_chunk(pieces: &[Bytes], index: u64, chunk: u64, span: Span, out: &mut Vec<Bytes>) -> bool {
+/// The part of stored chunk `index` that falls in `span`; `None` if the chunk is too short.
+fn slice_chunk(bytes: &Bytes, index: u64, chunk: u64, span: Span) -> Option<Bytes> {
     let chunk_start = index * chunk;
-    let lo = span.start.max(chunk_start) - chunk_start;
-    let hi = span.end.min(chunk_start + chunk) - chunk_start;
-    if lo >= hi || (store::chunk_len(pieces) as u64) < hi {
-        return false;
-    }
-    let mut at = 0u64;
-    for piece in pieces {
-        let end = at + piece.len() as u64;
-        let (a, b) = (lo.max(at), hi.min(end));
-        if a < b {
-            out.push(piece.slice(to_usize(a - at)..to_usize(b - at)));
-        }
-        if end >= hi {
-            break;
-        }
-        at = end;
-    }
-    true
+    let lo = to_usize(span.start.max(chunk_start) - chunk_start);
+    let hi = to_usize(span.end.min(chunk_start + chunk) - chunk_start);
+    (hi <= bytes.len() && lo < hi).then(|| bytes.slice(lo..hi))
 }
 
 /// The chunk a miss should fetch first: where the client's Range starts.

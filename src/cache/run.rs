@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::header::{IF_MATCH, RANGE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 
 use super::inflight::{ChunkReader, Run, claim_run, lock};
-use super::store::{ChunkBytes, ChunkKey, ObjectKey, ObjectMeta};
+use super::store::{ChunkKey, ObjectKey, ObjectMeta};
 use super::{CacheInner, to_usize};
 use crate::body::UpstreamBody;
 use crate::upstream::{self, Upstream};
@@ -18,7 +18,7 @@ use crate::upstream::{self, Upstream};
 /// Where a chunk's bytes come from.
 pub(super) enum ChunkSource {
     /// Stored.
-    Stored(ChunkBytes),
+    Stored(Bytes),
     /// Being fetched.
     Filling(ChunkReader),
 }
@@ -83,7 +83,7 @@ pub(super) struct Fill {
     filled: u64,
     /// The current chunk's one buffer, sized to it: its part not yet published. Published
     /// pieces are slices of it, so the upstream's frames are released at once (its read
-    /// buffer is reused instead of reallocated) and completing the chunk copies nothing.
+    /// buffer is reused instead of reallocated, which would fault in fresh memory).
     buf: BytesMut,
     /// The store's purge generation before the fetch.
     since: u64,
@@ -170,7 +170,11 @@ impl Fill {
             while !data.is_empty() && self.current < self.run.len() {
                 let expected = self.expected_len();
                 if self.filled == 0 {
-                    self.buf = (self.inner.store.pool()).take(to_usize(expected));
+                    let (buf, reused) = self.inner.store.pool().take(to_usize(expected));
+                    if reused {
+                        self.inner.metrics.buffers_reused.inc();
+                    }
+                    self.buf = buf;
                 }
                 let want = usize::try_from(expected - self.filled).unwrap_or(usize::MAX);
                 let take = want.min(data.len());
@@ -196,6 +200,30 @@ impl Fill {
         }
     }
 
+    /// The chunk as one buffer for the store: one slice serves a hit with one write. A chunk
+    /// that arrived in one piece is that piece; otherwise the pieces are copied into a kept
+    /// buffer (or a new one) and the fill's buffer goes to the pool for the next fill once
+    /// its readers are done.
+    fn contiguous(&self, pieces: Vec<Bytes>) -> Bytes {
+        match pieces.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            [first, ..] => {
+                let len = pieces.iter().map(Bytes::len).sum();
+                let pool = self.inner.store.pool();
+                let (mut buf, reused) = pool.take(len);
+                if reused {
+                    self.inner.metrics.buffers_reused.inc();
+                }
+                for piece in &pieces {
+                    buf.extend_from_slice(piece);
+                }
+                pool.give(first.clone());
+                buf.freeze()
+            }
+        }
+    }
+
     /// Length of the chunk being filled.
     fn expected_len(&self) -> u64 {
         let chunk = self.inner.chunk_size;
@@ -208,9 +236,10 @@ impl Fill {
         let (key, cell) = &self.run[self.current];
         let pieces = cell.finish();
         if self.length <= self.inner.max_object_size {
+            let bytes = self.contiguous(pieces);
             self.inner
                 .store
-                .put_chunk(key.clone(), pieces, self.since)
+                .put_chunk(key.clone(), bytes, self.since)
                 .await;
             self.inner.metrics.chunks_stored.inc();
         }

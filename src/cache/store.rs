@@ -44,16 +44,7 @@ enum StoreKey {
 #[derive(Debug, Clone)]
 enum StoreValue {
     Meta(Arc<StoredMeta>),
-    Chunk(ChunkBytes),
-}
-
-/// A chunk's bytes in order: slices of one buffer, filled as the upstream answer arrived
-/// (no copy into a second buffer when it completes).
-pub(super) type ChunkBytes = Arc<[Bytes]>;
-
-/// The length of a chunk's bytes.
-pub(super) fn chunk_len(pieces: &[Bytes]) -> usize {
-    pieces.iter().map(Bytes::len).sum()
+    Chunk(Bytes),
 }
 
 /// What the backend said about an object, and when.
@@ -134,9 +125,7 @@ impl Store {
             .weigher(|key: &StoreKey, value: &StoreValue| -> u32 {
                 let body = match value {
                     StoreValue::Meta(_) => 128,
-                    StoreValue::Chunk(pieces) => {
-                        u32::try_from(chunk_len(pieces)).unwrap_or(u32::MAX)
-                    }
+                    StoreValue::Chunk(bytes) => u32::try_from(bytes.len()).unwrap_or(u32::MAX),
                 };
                 let key = match key {
                     StoreKey::Meta(k) => k.key.len(),
@@ -149,10 +138,8 @@ impl Store {
                 if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
                     metrics.evictions.inc();
                 }
-                if let StoreValue::Chunk(pieces) = value
-                    && let Some(first) = pieces.first()
-                {
-                    listener_pool.give(first.clone());
+                if let StoreValue::Chunk(bytes) = value {
+                    listener_pool.give(bytes);
                 }
             })
             .support_invalidation_closures()
@@ -208,9 +195,9 @@ impl Store {
     }
 
     /// A stored chunk.
-    pub(super) async fn chunk(&self, key: &ChunkKey) -> Option<ChunkBytes> {
+    pub(super) async fn chunk(&self, key: &ChunkKey) -> Option<Bytes> {
         match self.cache.get(&StoreKey::Chunk(key.clone())).await {
-            Some(StoreValue::Chunk(pieces)) => Some(pieces),
+            Some(StoreValue::Chunk(bytes)) => Some(bytes),
             _ => None,
         }
     }
@@ -221,9 +208,9 @@ impl Store {
     }
 
     /// Stores a chunk fetched in generation `since`.
-    pub(super) async fn put_chunk(&self, key: ChunkKey, pieces: ChunkBytes, since: u64) {
-        let len = chunk_len(&pieces) as u64;
-        self.put(StoreKey::Chunk(key), StoreValue::Chunk(pieces), since)
+    pub(super) async fn put_chunk(&self, key: ChunkKey, bytes: Bytes, since: u64) {
+        let len = bytes.len() as u64;
+        self.put(StoreKey::Chunk(key), StoreValue::Chunk(bytes), since)
             .await;
         let unsettled = self.unsettled.fetch_add(len, Ordering::AcqRel) + len;
         if unsettled >= self.settle_every {

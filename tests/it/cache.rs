@@ -512,6 +512,45 @@ async fn capacity_holds_after_four_times_capacity_passed_through() {
 }
 
 #[tokio::test]
+async fn reused_chunk_buffers_never_show_the_bytes_they_held_before() {
+    let capacity = 2 * 1024 * 1024;
+    let h = Harness::start_with(|c| {
+        small_chunks(c);
+        c.cache.capacity = capacity;
+    })
+    .await;
+    // Every object a whole number of chunks but one (its short last chunk gets a buffer of
+    // its own), each with other bytes: a reused buffer holding old bytes would show.
+    let mut objects = Vec::new();
+    for i in 0..24u64 {
+        let len = if i == 7 { 300 * 1024 + 5 } else { 512 * 1024 };
+        let body = pattern(usize::try_from(len).unwrap(), i + 500);
+        let key = format!("{}/reuse-{i}.mp4", s3edge_testbed::SAMPLE_ACCOUNT);
+        h.put("eu1", &key, body.clone()).await;
+        let reply = h.get(&format!("/eu1/{key}"), &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(reply.body == body, "object {i} on its miss");
+        objects.push((key, body));
+    }
+    let stats = h.cache().stats();
+    assert!(stats.evictions > 0, "{stats:?}");
+    assert!(stats.buffers_reused > 0, "no buffer was reused: {stats:?}");
+    // At most a 16th of the capacity is kept.
+    assert!(stats.pool_bytes <= capacity / 16, "{stats:?}");
+    // Read again (from what the cache kept of them, filled into reused buffers, or fetched
+    // anew): exact bytes, whole and in ranges that cross chunks.
+    for (key, body) in objects.iter().rev().take(4) {
+        let reply = h.get(&format!("/eu1/{key}"), &[]).await;
+        assert!(reply.body == *body);
+        let reply = h
+            .get(&format!("/eu1/{key}"), &[("range", "bytes=65000-200000")])
+            .await;
+        assert_eq!(reply.status, StatusCode::PARTIAL_CONTENT);
+        assert!(reply.body == body.slice(65000..200001));
+    }
+}
+
+#[tokio::test]
 async fn a_seek_fetches_only_the_chunks_it_covers() {
     let h = Harness::start_with(small_chunks).await;
     let body = pattern(4 * 1024 * 1024, 5);
