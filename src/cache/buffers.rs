@@ -5,11 +5,9 @@
 //! beyond the cache's capacity is at most its bound.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
-
-use super::inflight::lock;
 
 /// Buffers of one chunk size, at most `max` of them.
 #[derive(Debug)]
@@ -40,7 +38,7 @@ impl BufferPool {
     /// free of readers (`true`), else a new one.
     pub(super) fn take(&self, len: usize) -> (BytesMut, bool) {
         if len == self.size {
-            let mut returned = lock(&self.returned);
+            let mut returned = self.returned();
             for _ in 0..returned.len() {
                 let Some(first) = returned.pop_front() else {
                     break;
@@ -63,15 +61,21 @@ impl BufferPool {
     /// Keeps the first piece of a dropped buffer, and with it the buffer, if the pool has
     /// room.
     pub(super) fn give(&self, first: Bytes) {
-        let mut returned = lock(&self.returned);
+        let mut returned = self.returned();
         if returned.len() < self.max {
             returned.push_back(first);
         }
     }
 
+    /// The kept pieces; a panic elsewhere never wedges the pool (each critical section is
+    /// one push or pop).
+    fn returned(&self) -> MutexGuard<'_, VecDeque<Bytes>> {
+        self.returned.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Bytes held.
     pub(super) fn held(&self) -> u64 {
-        (lock(&self.returned).len() * self.size) as u64
+        (self.returned().len() * self.size) as u64
     }
 }
 
