@@ -7,7 +7,8 @@
 //! `S3EDGE_PEERS_ORIGIN_CORE=0` on the servers' core (a real edge pays for every byte it moves
 //! on the cores it has; this layout shows it). s3edge signs its requests; nginx and Varnish
 //! read the same objects anonymously (the bucket is public-read for this run), since they
-//! cannot sign SigV4. `S3EDGE_PEERS_BIN=PATH` runs another s3edge binary (a before/after pair).
+//! cannot sign SigV4. `S3EDGE_PEERS_BIN=PATH` runs another s3edge binary (a before/after pair);
+//! `S3EDGE_PEERS_PREFAULT=1` turns on `cache.prefault` and measures once it has finished.
 //!
 //! - P1 cache hit, 30 KB snapshot, 16 and 64 connections: req/s and server CPU per request
 //!   (`/proc/PID/stat`).
@@ -227,6 +228,7 @@ fn start_s3edge(dir: &Path, config: &Config, capacity: u64) -> Server {
     config.http_listeners = vec![format!("127.0.0.1:{port}").parse().unwrap()];
     config.cache.capacity = capacity;
     config.cache.ttl = Duration::from_secs(3600);
+    config.cache.prefault = prefault();
     config.admin = Some(s3edge::config::AdminConfig {
         listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
         token: None,
@@ -245,7 +247,38 @@ fn start_s3edge(dir: &Path, config: &Config, capacity: u64) -> Server {
     if let Some(admin) = &config.admin {
         server.admin = Some(format!("http://{}", admin.listen));
     }
+    if config.cache.prefault {
+        wait_prefaulted(&server, capacity);
+    }
     server
+}
+
+/// `S3EDGE_PEERS_PREFAULT=1`: s3edge runs with `cache.prefault` (measured once it is done).
+fn prefault() -> bool {
+    std::env::var("S3EDGE_PEERS_PREFAULT").is_ok_and(|v| v == "1")
+}
+
+/// Waits (at most a minute) until the prefault thread has filled the pool.
+fn wait_prefaulted(server: &Server, capacity: u64) {
+    let admin = server.admin.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let out = Command::new("curl")
+            .args(["-s", &format!("{admin}/metrics")])
+            .output()
+            .unwrap();
+        let held: u64 = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("s3edge_cache_pool_bytes "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if held + (1 << 20) > capacity {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("prefault did not finish within a minute");
 }
 
 /// nginx `proxy_cache` on a tmpfs cache, with `slice 1m` or without.
@@ -588,7 +621,10 @@ async fn run(cores: usize) {
     };
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let mut report = String::new();
-    let binary = std::env::var("S3EDGE_PEERS_BIN").unwrap_or_else(|_| "this build".into());
+    let mut binary = std::env::var("S3EDGE_PEERS_BIN").unwrap_or_else(|_| "this build".into());
+    if prefault() {
+        binary.push_str(", cache.prefault = true");
+    }
     let _ = writeln!(
         report,
         "\nmachine: {cores} cores; release build ({binary}); loopback; origin: s3s-fs in the bench process (core {origin_core}), public-read for nginx/varnish, SigV4 for s3edge",

@@ -67,6 +67,19 @@ impl BufferPool {
         }
     }
 
+    /// Fills the pool to its bound with buffers whose pages are touched (`cache.prefault`):
+    /// run on a thread of its own at start.
+    pub(super) fn prefault(&self) {
+        for _ in 0..self.max {
+            if self.returned().len() >= self.max {
+                return;
+            }
+            let mut buf = BytesMut::with_capacity(self.size);
+            buf.resize(self.size, 0);
+            self.give(buf.freeze());
+        }
+    }
+
     /// The kept pieces; a panic elsewhere never wedges the pool (each critical section is
     /// one push or pop).
     fn returned(&self) -> MutexGuard<'_, VecDeque<Bytes>> {
@@ -110,6 +123,16 @@ mod tests {
         assert_eq!(again.as_ptr(), address);
         assert!(again.is_empty() && again.capacity() >= 1024);
         assert_eq!(pool.held(), 0);
+    }
+
+    #[test]
+    fn prefault_fills_the_pool_with_reusable_buffers() {
+        let pool = BufferPool::new(1024, 4096);
+        pool.prefault();
+        assert_eq!(pool.held(), 4096);
+        let (buf, reused) = pool.take(1024);
+        assert!(reused && buf.is_empty() && buf.capacity() >= 1024);
+        assert_eq!(pool.held(), 3072);
     }
 
     #[test]

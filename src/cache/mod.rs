@@ -161,16 +161,25 @@ impl Cache {
             HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("no-store"))
         };
         let chunk_size = config.chunk_size.max(1);
+        // Prefaulted, the pool holds the whole capacity: buffers move between it and the store.
+        let bound = if config.prefault {
+            config.capacity
+        } else {
+            (config.capacity / 16).min(POOL_MAX)
+        };
+        let pool = Arc::new(BufferPool::new(to_usize(chunk_size), bound));
+        if config.prefault {
+            let pool = pool.clone();
+            let spawned = std::thread::Builder::new()
+                .name("cache-prefault".into())
+                .spawn(move || pool.prefault());
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "cache prefault thread not started");
+            }
+        }
         Cache {
             inner: Arc::new(CacheInner {
-                store: Store::new(
-                    config.capacity,
-                    metrics.clone(),
-                    Arc::new(BufferPool::new(
-                        to_usize(chunk_size),
-                        (config.capacity / 16).min(POOL_MAX),
-                    )),
-                ),
+                store: Store::new(config.capacity, metrics.clone(), pool),
                 fetches: Fetches::default(),
                 metrics,
                 chunk_size,

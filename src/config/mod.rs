@@ -141,6 +141,9 @@ pub struct CacheConfig {
     pub negative_ttl: Duration,
     /// `Cache-Control` sent to clients.
     pub cache_control: String,
+    /// Touch the whole capacity's chunk buffers at start (a background thread), so misses
+    /// copy into memory that is already mapped instead of pages the kernel zeroes first.
+    pub prefault: bool,
 }
 
 impl Default for CacheConfig {
@@ -156,6 +159,7 @@ impl Default for CacheConfig {
             stale_if_error: Duration::from_secs(300),
             negative_ttl: Duration::from_secs(10),
             cache_control: "max-age=60".into(),
+            prefault: false,
         }
     }
 }

@@ -193,6 +193,7 @@ fn cache(t: Option<&Section<'_, '_>>) -> CacheConfig {
         read_ahead_chunks: t
             .number("read_ahead_chunks", 1..=64)
             .unwrap_or(d.read_ahead_chunks),
+        prefault: t.bool("prefault").unwrap_or(d.prefault),
         ttl,
         stale_while_revalidate: t
             .duration("stale_while_revalidate")

@@ -291,13 +291,14 @@ pub fn render_toml(config: &Config) -> String {
     let _ = writeln!(
         out,
         "[cache]\nenabled = {}\ncapacity = {}\nmax_object_size = {}\nchunk_size = {}\nread_ahead_chunks = {}\n\
-         ttl = \"{}ms\"\nstale_while_revalidate = \"{}ms\"\nstale_if_error = \"{}ms\"\n\
+         prefault = {}\nttl = \"{}ms\"\nstale_while_revalidate = \"{}ms\"\nstale_if_error = \"{}ms\"\n\
          negative_ttl = \"{}ms\"\ncache_control = {:?}\n",
         c.enabled,
         c.capacity,
         c.max_object_size,
         c.chunk_size,
         c.read_ahead_chunks,
+        c.prefault,
         c.ttl.as_millis(),
         c.stale_while_revalidate.as_millis(),
         c.stale_if_error.as_millis(),
