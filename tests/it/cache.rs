@@ -551,6 +551,43 @@ async fn reused_chunk_buffers_never_show_the_bytes_they_held_before() {
 }
 
 #[tokio::test]
+async fn a_prefaulted_cache_fills_from_its_pool_with_exact_bytes() {
+    let capacity = 2 * 1024 * 1024;
+    let h = Harness::start_with(|c| {
+        small_chunks(c);
+        c.cache.capacity = capacity;
+        c.cache.prefault = true;
+    })
+    .await;
+    // The background thread touches the whole capacity's buffers.
+    within(async {
+        while h.cache().stats().pool_bytes < capacity {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    for i in 0..3u64 {
+        let body = pattern(256 * 1024, i + 900);
+        let key = format!("{}/prefault-{i}.mp4", s3edge_testbed::SAMPLE_ACCOUNT);
+        h.put("eu1", &key, body.clone()).await;
+        for _ in 0..2 {
+            let reply = h.get(&format!("/eu1/{key}"), &[]).await;
+            assert_eq!(reply.status, StatusCode::OK);
+            assert!(reply.body == body, "object {i}");
+        }
+        let reply = h
+            .get(&format!("/eu1/{key}"), &[("range", "bytes=60000-70000")])
+            .await;
+        assert!(reply.body == body.slice(60000..70001));
+    }
+    let stats = h.cache().stats();
+    // Every whole chunk (12 of them) took a kept buffer, its fill's copy too when it came in
+    // pieces: nothing new was allocated for them.
+    assert!(stats.buffers_reused >= 12, "{stats:?}");
+    assert!(stats.pool_bytes <= capacity, "{stats:?}");
+}
+
+#[tokio::test]
 async fn a_seek_fetches_only_the_chunks_it_covers() {
     let h = Harness::start_with(small_chunks).await;
     let body = pattern(4 * 1024 * 1024, 5);
