@@ -67,24 +67,9 @@ fn parse_ms(v: &str) -> f64 {
 fn curl_throughput(url: &str, expected: usize, runs: usize) -> f64 {
     let mut speeds: Vec<f64> = (0..runs)
         .map(|_| {
-            let out = Command::new("curl")
-                .args([
-                    "-s",
-                    "--max-time",
-                    "60",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code} %{size_download} %{speed_download}",
-                    url,
-                ])
-                .output()
-                .expect("curl is needed");
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let fields: Vec<&str> = text.split_whitespace().collect();
-            assert_eq!(fields.first(), Some(&"200"), "{text}");
-            assert_eq!(fields[1].parse::<usize>().unwrap(), expected, "{text}");
-            fields[2].parse::<f64>().unwrap() / 1e6
+            let (status, size, seconds) = support::curl_download(None, url);
+            assert_eq!((status, size), (200, expected), "{url}");
+            size as f64 / seconds.max(1e-9) / 1e6
         })
         .collect();
     speeds.sort_by(f64::total_cmp);

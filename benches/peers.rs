@@ -520,32 +520,13 @@ fn perf_stop(child: Option<Child>) {
 fn cold_transfer(server: Option<&Server>, url: &str) -> (f64, f64, u64) {
     let before = server.map_or(0, Server::cpu_ticks);
     let faults = server.map_or(0, Server::minor_faults);
-    let out = Command::new("taskset")
-        .args([
-            "-c",
-            "1",
-            "curl",
-            "-s",
-            "--max-time",
-            "60",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{size_download} %{time_total}",
-            url,
-        ])
-        .output()
-        .unwrap();
+    let (status, size, secs) = support::curl_download(Some(1), url);
     let cpu_ms = server.map_or(0, Server::cpu_ticks).saturating_sub(before) as f64 * 10.0;
     let faults = server
         .map_or(0, Server::minor_faults)
         .saturating_sub(faults);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut f = text.split_whitespace();
-    let size: f64 = f.next().unwrap_or("0").parse().unwrap_or(0.0);
-    let secs: f64 = f.next().unwrap_or("1").parse().unwrap_or(1.0);
-    assert_eq!(size as usize, VIDEO, "{url}: {text}");
-    (cpu_ms, size / secs / 1e6, faults)
+    assert_eq!((status, size), (200, VIDEO), "{url}");
+    (cpu_ms, size as f64 / secs.max(1e-9) / 1e6, faults)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

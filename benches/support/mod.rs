@@ -1,5 +1,5 @@
-//! Shared by the load benchmarks: presigned URLs for reaching a demo backend directly, and
-//! loopback ports for the servers they start.
+//! Shared by the load benchmarks: presigned URLs for reaching a demo backend directly,
+//! loopback ports for the servers they start, and one curl download.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, SystemTime};
@@ -78,4 +78,29 @@ pub(crate) fn wait_port(port: u16) {
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!("nothing listens on {port}");
+}
+
+/// One curl download of `url` to nowhere, on `core` when given: its status, bytes and seconds.
+pub(crate) fn curl_download(core: Option<usize>, url: &str) -> (u16, usize, f64) {
+    let mut command = match core {
+        Some(core) => {
+            let mut c = std::process::Command::new("taskset");
+            c.args(["-c", &core.to_string(), "curl"]);
+            c
+        }
+        None => std::process::Command::new("curl"),
+    };
+    let out = command
+        .args(["-s", "--max-time", "60", "-o", "/dev/null", "-w"])
+        .args(["%{http_code} %{size_download} %{time_total}", url])
+        .output()
+        .expect("curl is needed");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut fields = text.split_whitespace();
+    let mut next = || fields.next().unwrap_or("0");
+    (
+        next().parse().unwrap_or(0),
+        next().parse().unwrap_or(0),
+        next().parse().unwrap_or(0.0),
+    )
 }
