@@ -67,25 +67,39 @@ port=$(free_port)
 "$testbed" --log-format json backend --listen "127.0.0.1:$port" --data "$work/backend" \
   --region eu-central-1 --bucket eu1-addpipe --access-key BENCHKEY --secret-key bench-secret \
   >"$work/backend.log" 2>&1 &
-pids+=($!)
+backend_pid=$!
+pids+=($backend_pid)
 wait_port "$port"
 endpoint="http://127.0.0.1:$port"
 export AWS_ACCESS_KEY_ID=BENCHKEY AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=eu-central-1
 export AWS_DEFAULT_REGION=eu-central-1
 
+# CPU seconds (user + system) a process has used so far, from /proc/PID/stat.
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+# CPU seconds used by the processes this shell started and waited for (the uploader's side).
+cpu_children() { awk -v hz="$(getconf CLK_TCK)" '{print ($16 + $17) / hz}' "/proc/$$/stat"; }
+# CPU seconds of every process on the machine so far (all cores), from /proc/stat.
+cpu_all() { awk -v hz="$(getconf CLK_TCK)" '$1=="cpu"{print ($2+$3+$4+$7+$8) / hz}' /proc/stat; }
 results=()
 run() { # name, command...
   local name=$1; shift
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-  local start end
+  local start end b0 b1 a0 a1 c0 c1
+  b0=$(cpu_of "$backend_pid"); a0=$(cpu_all); c0=$(cpu_children)
   start=$(date +%s.%N)
   "$@" >"$work/$name.log" 2>&1 || { echo "$name failed:"; tail -5 "$work/$name.log"; return 1; }
   end=$(date +%s.%N)
+  b1=$(cpu_of "$backend_pid"); a1=$(cpu_all); c1=$(cpu_children)
   local secs mbs
   secs=$(python3 -c "print(f'{$end-$start:.2f}')")
   mbs=$(python3 -c "print(f'{$total/1048576/($end-$start):.1f}')")
-  results+=("$name $secs $mbs")
-  echo "$name: ${secs} s, ${mbs} MB/s"
+  # CPU per MiB moved: the backend's own, and the whole machine's (uploader, backend, kernel).
+  local bcpu acpu ccpu
+  ccpu=$(python3 -c "print(f'{($c1-$c0)*1000*1048576/$total:.1f}')")
+  bcpu=$(python3 -c "print(f'{($b1-$b0)*1000*1048576/$total:.1f}')")
+  acpu=$(python3 -c "print(f'{($a1-$a0)*1000*1048576/$total:.1f}')")
+  results+=("$name $secs $mbs $bcpu $acpu")
+  echo "$name: ${secs} s, ${mbs} MB/s; ms of CPU per MiB: backend ${bcpu}, client processes ${ccpu}, machine ${acpu}"
 }
 
 want() { [[ " $PEERS " == *" $1 "* ]]; }
@@ -142,12 +156,14 @@ push_all() {
       for s in .mp4 .jpg _filmstrip.jpg _raw.mp4; do [ -f "$0$s" ] && set -- "$@" "$0$s"; done
       "$BIN" push --url "$API" put --env bench "$@" >/dev/null &&
         "$BIN" push --url "$API" commit --env bench --name "$(basename "$0")" >/dev/null' "$src/{}"
-  # Until every recording is pushed.
+  # Until every recording is pushed. The poll is one curl and two greps every 0.1 s: it runs
+  # on the same two cores, and a python (behind a pyenv shim) per poll cost the push more
+  # CPU than the upload of a 1 GiB file.
   while true; do
     left=$(curl -sf "$api/v1/recordings?env=bench&limit=10000" |
-      python3 -c 'import json,sys; print(sum(1 for r in json.load(sys.stdin)["recordings"] if r["state"] != "pushed"))')
+      grep -o '"state":"[a-z]*"' | grep -vc '"state":"pushed"' || true)
     [ "$left" = 0 ] && break
-    sleep 0.05
+    sleep 0.1
   done
 }
 if [ -n "${PERF_DATA:-}" ]; then
@@ -160,10 +176,11 @@ if [ -n "${perf_pid:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/n
 peak=$(grep VmHWM "/proc/$s3edge_pid/status" | awk '{print $2}')
 
 echo
-echo "uploader  seconds  MB/s  ratio-to-s5cmd"
+echo "uploader  seconds  MB/s  ratio-to-s5cmd  backend-ms-CPU/MiB  machine-ms-CPU/MiB"
 s5=$(printf '%s\n' "${results[@]}" | awk '$1=="s5cmd"{print $3}')
 for r in "${results[@]}"; do
   set -- $r
-  python3 -c "print(f'{\"$1\":8} {$2:>8} {$3:>6}  ' + ('{:.2f}x'.format($3/${s5:-0}) if '${s5:-}' else '-'))"
+  python3 -c "print(f'{\"$1\":8} {$2:>8} {$3:>6}  ' + ('{:.2f}x'.format($3/${s5:-0}) if '${s5:-}' else '-') + f'  {$4:>8} {$5:>8}')"
 done
 echo "s3edge peak RSS: $(( peak / 1024 )) MiB (VmHWM of the push process over its whole run)"
+echo "s3edge CPU: $(python3 -c "print(f'{$(cpu_of "$s3edge_pid")*1000*1048576/$total:.1f}')") ms/MiB (the push process, whole run)"

@@ -205,21 +205,39 @@ impl Spool {
 /// Writes a stream to a file in blocks of [`WRITE_BUFFER`] on the blocking pool, one block
 /// written while the next fills (two buffers, reused), then `fsync`s it. The buffers grow as
 /// data comes: a 10 KB snapshot costs 10 KB, not two blocks.
-/// A file and its spare buffer, back from a block write.
-type Written = std::io::Result<(std::fs::File, Vec<u8>)>;
-
+///
+/// Every [`SYNC_EVERY`] bytes a `fdatasync` of what is written so far starts beside the
+/// writes (on a second descriptor), so the disk works while the body is still arriving: with
+/// plenty of RAM the kernel would otherwise hold a 1 GiB file dirty until the final `fsync`,
+/// and the client would wait for all of it to be written only after its last byte (4.6 s per
+/// GiB on the bench machine's disk, with the disk idle during the transfer before).
 struct BlockWriter {
     filling: Vec<u8>,
     idle: Option<(std::fs::File, Vec<u8>)>,
     writing: Option<tokio::task::JoinHandle<Written>>,
+    /// A second descriptor of the file, for the early syncs (`None` while one runs).
+    syncer: Option<std::fs::File>,
+    syncing: Option<tokio::task::JoinHandle<std::io::Result<std::fs::File>>>,
+    /// Bytes handed to writes since the last early sync started.
+    unsynced: usize,
 }
+
+/// An early `fdatasync` starts after this many bytes are written (see [`BlockWriter`]).
+const SYNC_EVERY: usize = 32 * 1024 * 1024;
+
+/// A file and its spare buffer, back from a block write.
+type Written = std::io::Result<(std::fs::File, Vec<u8>)>;
 
 impl BlockWriter {
     fn new(file: std::fs::File) -> Self {
         BlockWriter {
             filling: Vec::new(),
+            // Without a second descriptor the file is only synced at the end, as before.
+            syncer: file.try_clone().ok(),
             idle: Some((file, Vec::new())),
             writing: None,
+            syncing: None,
+            unsynced: 0,
         }
     }
 
@@ -236,11 +254,37 @@ impl BlockWriter {
         let (mut file, mut spare) = self.wait().await?;
         spare.clear();
         let block = std::mem::replace(&mut self.filling, spare);
+        self.unsynced += block.len();
         self.writing = Some(tokio::task::spawn_blocking(move || {
             use std::io::Write;
             file.write_all(&block)?;
             Ok((file, block))
         }));
+        self.sync_early().await
+    }
+
+    /// Starts a `fdatasync` of what is written once enough is, unless one still runs.
+    async fn sync_early(&mut self) -> std::io::Result<()> {
+        if self.unsynced < SYNC_EVERY {
+            return Ok(());
+        }
+        if self.syncing.as_ref().is_some_and(|h| h.is_finished()) {
+            self.wait_sync().await?;
+        }
+        if let Some(file) = self.syncer.take() {
+            self.unsynced = 0;
+            self.syncing = Some(tokio::task::spawn_blocking(move || {
+                file.sync_data()?;
+                Ok(file)
+            }));
+        }
+        Ok(())
+    }
+
+    async fn wait_sync(&mut self) -> std::io::Result<()> {
+        if let Some(handle) = self.syncing.take() {
+            self.syncer = Some(handle.await.map_err(std::io::Error::other)??);
+        }
         Ok(())
     }
 
@@ -258,6 +302,8 @@ impl BlockWriter {
             self.flush().await?;
         }
         let (file, _) = self.wait().await?;
+        // An early sync's error is the file's error too (the page may be lost).
+        self.wait_sync().await?;
         tokio::task::spawn_blocking(move || file.sync_all())
             .await
             .map_err(std::io::Error::other)?
@@ -328,5 +374,61 @@ mod tests {
         assert!(content_digest("sha-256=abc").is_err());
         assert!(content_digest("sha-256=:AAAA:").is_err());
         assert!(content_digest("garbage").is_err());
+    }
+
+    /// A file long enough for early syncs lands whole, hashed and in order, and a wrong
+    /// digest still keeps nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_synced_while_it_arrives_is_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).await.unwrap();
+        // 40 MiB and a bit in uneven frames: an early sync and a short last block.
+        let frames: Vec<Bytes> = (0..(40 * 1024 + 3) as u32)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; 1024 + (i as usize % 3)]))
+            .collect();
+        let mut whole = Vec::new();
+        for f in &frames {
+            whole.extend_from_slice(f);
+        }
+        let sha: [u8; 32] = Sha256::digest(&whole).into();
+        let body = |frames: Vec<Bytes>| {
+            http_body_util::StreamBody::new(futures_util::stream::iter(
+                frames
+                    .into_iter()
+                    .map(|b| Ok::<_, std::io::Error>(http_body::Frame::data(b))),
+            ))
+        };
+        let row = spool
+            .receive(
+                "env",
+                "rec",
+                "_raw.mp4",
+                body(frames.clone()),
+                u64::MAX,
+                Some(sha),
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.bytes, whole.len() as u64);
+        assert_eq!(row.sha256, hex::encode(sha));
+        let kept = std::fs::read(spool.path("env", "rec", "_raw.mp4")).unwrap();
+        assert!(kept == whole, "the spool file differs from the body");
+
+        let mut wrong = sha;
+        wrong[0] ^= 1;
+        let refused = spool
+            .receive(
+                "env",
+                "other",
+                "_raw.mp4",
+                body(frames),
+                u64::MAX,
+                Some(wrong),
+            )
+            .await;
+        assert!(matches!(refused, Err(SpoolError::DigestMismatch)));
+        assert!(!spool.path("env", "other", "_raw.mp4").exists());
+        let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+        assert!(tmp.is_empty(), "a refused file left {tmp:?}");
     }
 }
