@@ -71,6 +71,7 @@ struct Inner {
     upload_seconds: Histogram,
     deliveries: Family<OutcomeLabel, Counter>,
     purges: Family<OutcomeLabel, Counter>,
+    early: Family<OutcomeLabel, Counter>,
     purges_pending: Family<AdminLabel, Gauge>,
     deletions: Family<ByLabel, Counter>,
     spool_bytes: Gauge,
@@ -86,6 +87,7 @@ impl Default for PushMetrics {
         let upload_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 16));
         let deliveries = Family::<OutcomeLabel, Counter>::default();
         let purges = Family::<OutcomeLabel, Counter>::default();
+        let early = Family::<OutcomeLabel, Counter>::default();
         let spool_bytes = Gauge::default();
         let purges_pending = Family::<AdminLabel, Gauge>::default();
         let deletions = Family::<ByLabel, Counter>::default();
@@ -113,6 +115,12 @@ impl Default for PushMetrics {
             purges.clone(),
         );
         registry.register(
+            "early_uploads",
+            "Multipart uploads started while the file arrived, by outcome (used: completed by \
+             the commit's attempt; failed; unclaimed: aborted, no commit took it)",
+            early.clone(),
+        );
+        registry.register(
             "edge_purges_pending",
             "Purges an edge has not acknowledged yet (retried until it does)",
             purges_pending.clone(),
@@ -137,6 +145,7 @@ impl Default for PushMetrics {
                 upload_seconds,
                 deliveries,
                 purges,
+                early,
                 purges_pending,
                 deletions,
                 spool_bytes,
@@ -190,6 +199,14 @@ impl PushMetrics {
     pub fn purge(&self, outcome: &'static str) {
         self.inner
             .purges
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Counts an early upload's end.
+    pub fn early_upload(&self, outcome: &'static str) {
+        self.inner
+            .early
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }

@@ -7,7 +7,8 @@
 //! - [`store`]: the database (environments, recordings, files, pushes, deliveries);
 //! - [`spool`]: received files, fsync'd before they are acknowledged;
 //! - [`worker`]: the dispatcher of attempts, and spool release;
-//! - [`upload`]: aws-sdk-s3 uploads (PutObject, parallel multipart);
+//! - [`upload`]: aws-sdk-s3 uploads (PutObject, parallel multipart); `early`: multipart
+//!   uploads of large files started while they arrive, completed by the commit's attempt;
 //! - [`schedule`]: attempt times and retention days;
 //! - [`webhook`]: `video_copied_s3` bodies, signatures and deliveries;
 //! - `deletion`: deletes on request, lifecycle sweeps, bulk jobs; [`edges`]: cache purges on
@@ -20,6 +21,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 mod deletion;
+mod early;
 pub mod edges;
 pub mod lifecycle;
 pub mod metrics;
@@ -55,6 +57,8 @@ pub(crate) struct Shared {
     spool: spool::Spool,
     /// S3 clients.
     uploader: upload::Uploader,
+    /// Multipart uploads of files still arriving.
+    early: early::EarlyUploads,
     /// Attempt times and retention.
     schedule: schedule::Schedule,
     /// The `s3edge_push_` series.
@@ -96,6 +100,9 @@ where
 const MAX_CONNECTIONS: usize = 1024;
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a stop waits for early uploads to be aborted (the next start aborts the rest).
+const EARLY_SHUTDOWN: Duration = Duration::from_secs(5);
 
 /// How long a request to a bucket may stay silent before the attempt fails.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -139,6 +146,7 @@ pub async fn run(
     .map_err(|e| failed("tls", &e))?;
     let shared = Arc::new(Shared {
         uploader: upload::Uploader::new(config.clone(), REQUEST_TIMEOUT),
+        early: early::EarlyUploads::new(push.concurrency),
         schedule: schedule::Schedule::new(&push),
         config,
         store,
@@ -195,7 +203,11 @@ pub async fn run(
                 Ok((stream, _)) => stream,
                 Err(_) => continue,
             },
-            _ = stop.changed() => return Ok(()),
+            _ = stop.changed() => {
+                // Nothing of an uncommitted file stays open in a bucket after a clean stop.
+                shared.early.shutdown(EARLY_SHUTDOWN).await;
+                return Ok(());
+            }
         };
         // Over the cap the connection is closed at once: processing servers retry.
         let Ok(permit) = connections.clone().try_acquire_owned() else {

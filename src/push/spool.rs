@@ -30,6 +30,32 @@ pub enum SpoolError {
     Io(#[from] std::io::Error),
 }
 
+/// A file about to be received (see [`Spool::incoming`]).
+#[derive(Debug)]
+pub struct Incoming {
+    tmp: PathBuf,
+    file: std::fs::File,
+    link: Option<PathBuf>,
+}
+
+impl Incoming {
+    /// The file's second name, when one was asked for and made.
+    pub fn link(&self) -> Option<&Path> {
+        self.link.as_deref()
+    }
+}
+
+/// How far a file being received is, for an early upload reading it as it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// This many bytes are written to the file (not yet durable).
+    Written(u64),
+    /// The file is whole, its digest checked, durable and kept: this many bytes.
+    Kept(u64),
+    /// The file was refused or lost (cut, too large, digest mismatch, disk error).
+    Refused,
+}
+
 /// The spool directory.
 #[derive(Debug, Clone)]
 pub struct Spool {
@@ -89,28 +115,48 @@ impl Spool {
         self.root.join("files").join(env).join(name)
     }
 
-    /// Streams `body` into the spool as `{name}{suffix}`, replacing an earlier upload, and
-    /// returns its size and SHA-256 once it is durable.
+    /// A new temporary file to receive into; with `link`, also a second name for it that
+    /// stays valid after [`Spool::receive`] renames the file into place (an early upload
+    /// reads the file by that name while it arrives, and removes it when done).
+    pub async fn incoming(&self, link: bool) -> std::io::Result<Incoming> {
+        let id = format!("{:016x}", fastrand::u64(..));
+        let tmp = self.root.join("tmp").join(format!("{id}.part"));
+        let file = tokio::fs::File::create(&tmp).await?.into_std().await;
+        let link = if link {
+            let path = self.root.join("tmp").join(format!("{id}.early"));
+            match tokio::fs::hard_link(&tmp, &path).await {
+                Ok(()) => Some(path),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no second name for an early upload");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Incoming { tmp, file, link })
+    }
+
+    /// Streams `body` into `incoming` and keeps it as `{name}{suffix}`, replacing an earlier
+    /// upload, and returns its size and SHA-256 once it is durable. `progress` hears how much
+    /// is written as it is, then whether the file was kept.
+    #[allow(clippy::too_many_arguments)]
     pub async fn receive<B>(
         &self,
-        env: &str,
-        name: &str,
-        suffix: &str,
+        incoming: Incoming,
+        (env, name, suffix): (&str, &str, &str),
         mut body: B,
         max_bytes: u64,
         digest: Option<[u8; 32]>,
+        progress: Option<tokio::sync::watch::Sender<Arrival>>,
     ) -> Result<FileRow, SpoolError>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{:016x}.part", fastrand::u64(..)));
+        let Incoming { tmp, file, .. } = incoming;
         let result = async {
-            let mut writer =
-                BlockWriter::new(tokio::fs::File::create(&tmp).await?.into_std().await);
+            let mut writer = BlockWriter::new(file, progress.as_ref());
             let mut hasher = Sha256::new();
             let mut bytes = 0u64;
             while let Some(frame) = body.frame().await {
@@ -133,26 +179,37 @@ impl Spool {
             Ok((bytes, sha))
         }
         .await;
-        let (bytes, sha) = match result {
-            Ok(done) => done,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(e);
+        let kept = async {
+            let (bytes, sha) = result?;
+            let dir = self.dir(env, name);
+            tokio::fs::create_dir_all(&dir).await?;
+            tokio::fs::rename(&tmp, self.path(env, name, suffix)).await?;
+            // The rename is durable only once the directories holding it are.
+            sync_dir(&dir).await?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent).await?;
             }
-        };
-        let dir = self.dir(env, name);
-        tokio::fs::create_dir_all(&dir).await?;
-        tokio::fs::rename(&tmp, self.path(env, name, suffix)).await?;
-        // The rename is durable only once the directories holding it are.
-        sync_dir(&dir).await?;
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent).await?;
+            Ok(FileRow {
+                suffix: suffix.to_string(),
+                bytes,
+                sha256: hex::encode(sha),
+            })
         }
-        Ok(FileRow {
-            suffix: suffix.to_string(),
-            bytes,
-            sha256: hex::encode(sha),
-        })
+        .await;
+        match &kept {
+            Ok(row) => {
+                if let Some(p) = &progress {
+                    p.send_replace(Arrival::Kept(row.bytes));
+                }
+            }
+            Err(_) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                if let Some(p) = &progress {
+                    p.send_replace(Arrival::Refused);
+                }
+            }
+        }
+        kept
     }
 
     /// Removes a recording's files.
@@ -211,7 +268,7 @@ impl Spool {
 /// plenty of RAM the kernel would otherwise hold a 1 GiB file dirty until the final `fsync`,
 /// and the client would wait for all of it to be written only after its last byte (4.6 s per
 /// GiB on the bench machine's disk, with the disk idle during the transfer before).
-struct BlockWriter {
+struct BlockWriter<'p> {
     filling: Vec<u8>,
     idle: Option<(std::fs::File, Vec<u8>)>,
     writing: Option<tokio::task::JoinHandle<Written>>,
@@ -220,6 +277,9 @@ struct BlockWriter {
     syncing: Option<tokio::task::JoinHandle<std::io::Result<std::fs::File>>>,
     /// Bytes handed to writes since the last early sync started.
     unsynced: usize,
+    /// Bytes written so far, told to `progress`.
+    written: u64,
+    progress: Option<&'p tokio::sync::watch::Sender<Arrival>>,
 }
 
 /// An early `fdatasync` starts after this many bytes are written (see [`BlockWriter`]).
@@ -228,9 +288,11 @@ const SYNC_EVERY: usize = 32 * 1024 * 1024;
 /// A file and its spare buffer, back from a block write.
 type Written = std::io::Result<(std::fs::File, Vec<u8>)>;
 
-impl BlockWriter {
-    fn new(file: std::fs::File) -> Self {
+impl<'p> BlockWriter<'p> {
+    fn new(file: std::fs::File, progress: Option<&'p tokio::sync::watch::Sender<Arrival>>) -> Self {
         BlockWriter {
+            written: 0,
+            progress,
             filling: Vec::new(),
             // Without a second descriptor the file is only synced at the end, as before.
             syncer: file.try_clone().ok(),
@@ -290,7 +352,14 @@ impl BlockWriter {
 
     async fn wait(&mut self) -> Written {
         match (self.writing.take(), self.idle.take()) {
-            (Some(handle), _) => handle.await.map_err(std::io::Error::other)?,
+            (Some(handle), _) => {
+                let (file, block) = handle.await.map_err(std::io::Error::other)??;
+                self.written += block.len() as u64;
+                if let Some(progress) = self.progress {
+                    progress.send_replace(Arrival::Written(self.written));
+                }
+                Ok((file, block))
+            }
             (None, Some(idle)) => Ok(idle),
             (None, None) => Err(std::io::Error::other("spool writer used after an error")),
         }
@@ -398,17 +467,24 @@ mod tests {
                     .map(|b| Ok::<_, std::io::Error>(http_body::Frame::data(b))),
             ))
         };
+        let (progress, mut seen) = tokio::sync::watch::channel(Arrival::Written(0));
+        let incoming = spool.incoming(true).await.unwrap();
+        let link = incoming.link().unwrap().to_path_buf();
         let row = spool
             .receive(
-                "env",
-                "rec",
-                "_raw.mp4",
+                incoming,
+                ("env", "rec", "_raw.mp4"),
                 body(frames.clone()),
                 u64::MAX,
                 Some(sha),
+                Some(progress),
             )
             .await
             .unwrap();
+        assert_eq!(*seen.borrow_and_update(), Arrival::Kept(whole.len() as u64));
+        // The second name is the same file, after the rename too.
+        assert!(std::fs::read(&link).unwrap() == whole, "the link differs");
+        std::fs::remove_file(&link).unwrap();
         assert_eq!(row.bytes, whole.len() as u64);
         assert_eq!(row.sha256, hex::encode(sha));
         let kept = std::fs::read(spool.path("env", "rec", "_raw.mp4")).unwrap();
@@ -416,16 +492,18 @@ mod tests {
 
         let mut wrong = sha;
         wrong[0] ^= 1;
+        let (progress, seen) = tokio::sync::watch::channel(Arrival::Written(0));
         let refused = spool
             .receive(
-                "env",
-                "other",
-                "_raw.mp4",
+                spool.incoming(false).await.unwrap(),
+                ("env", "other", "_raw.mp4"),
                 body(frames),
                 u64::MAX,
                 Some(wrong),
+                Some(progress),
             )
             .await;
+        assert_eq!(*seen.borrow(), Arrival::Refused);
         assert!(matches!(refused, Err(SpoolError::DigestMismatch)));
         assert!(!spool.path("env", "other", "_raw.mp4").exists());
         let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();

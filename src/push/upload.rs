@@ -34,7 +34,7 @@ use crate::route::FileKind;
 pub const ENV_TAG: &str = "s3edge-env";
 
 /// Parts of one file in flight at once.
-const PARTS_IN_FLIGHT: usize = 4;
+pub(super) const PARTS_IN_FLIGHT: usize = 4;
 
 /// Why an upload failed: the S3 error code (or a transport class) and a message.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -48,7 +48,7 @@ pub struct UploadError {
 }
 
 impl UploadError {
-    fn new(code: &str, message: impl Into<String>) -> Self {
+    pub(super) fn new(code: &str, message: impl Into<String>) -> Self {
         UploadError {
             code: code.to_string(),
             message: message.into(),
@@ -73,6 +73,29 @@ enum Policy {
     Complimentary(crate::config::Provider),
     /// A customer's: their storage class, if any; no encryption header.
     Customer(Option<String>),
+}
+
+/// Who opened a multipart upload: an attempt, or an early upload of a file still arriving.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Owner<'a> {
+    /// An attempt of a committed recording.
+    Attempt(&'a PushRow),
+    /// An early upload of recording `name` to `target`.
+    Early {
+        /// The recording.
+        name: &'a str,
+        /// Where.
+        target: &'a Target,
+    },
+}
+
+/// A multipart upload created and recorded: our row's id and the store's upload id.
+#[derive(Debug, Clone)]
+pub(super) struct OpenUpload {
+    /// The `multipart_uploads` row.
+    pub intent: String,
+    /// The store's id.
+    pub upload_id: String,
 }
 
 /// One file to upload.
@@ -214,6 +237,11 @@ impl Uploader {
             .map_err(sdk_error)
     }
 
+    /// Files at least this large go up as multipart uploads.
+    pub fn multipart_threshold(&self) -> u64 {
+        self.multipart_threshold
+    }
+
     async fn multipart(
         &self,
         bucket: &Bucket,
@@ -221,6 +249,32 @@ impl Uploader {
         push: &PushRow,
         store: &Store,
     ) -> Result<(), UploadError> {
+        let open = self
+            .create(bucket, file, Owner::Attempt(push), store)
+            .await?;
+        let result = match self.parts(bucket, file, &open.upload_id).await {
+            Ok(parts) => {
+                self.complete(bucket, &file.key, &open, parts, file.bytes)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            abort(bucket, &file.key, &open.upload_id).await;
+        }
+        let _ = store.multipart_ended(&open.intent).await;
+        result
+    }
+
+    /// Records the intent in `store`, then creates a multipart upload of `file` with the
+    /// policy's storage class, encryption, type and tag.
+    pub(super) async fn create(
+        &self,
+        bucket: &Bucket,
+        file: &FileUpload<'_>,
+        owner: Owner<'_>,
+        store: &Store,
+    ) -> Result<OpenUpload, UploadError> {
         let mut create = bucket
             .client
             .create_multipart_upload()
@@ -239,10 +293,26 @@ impl Uploader {
         }
         // Written before the upload exists: a crash from here on leaves a trace to clean up.
         let intent = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-        store
-            .multipart_intent(&intent, push, &bucket.bucket, &file.key)
-            .await
-            .map_err(|e| UploadError::new("Database", e.to_string()))?;
+        let recorded = match owner {
+            Owner::Attempt(push) => {
+                store
+                    .multipart_intent(&intent, push, &bucket.bucket, &file.key)
+                    .await
+            }
+            Owner::Early { name, target } => {
+                store
+                    .early_multipart_intent(
+                        &intent,
+                        file.env,
+                        name,
+                        (super::model::COMPLIMENTARY, target),
+                        &bucket.bucket,
+                        &file.key,
+                    )
+                    .await
+            }
+        };
+        recorded.map_err(|e| UploadError::new("Database", e.to_string()))?;
         let created = match create.send().await {
             Ok(created) => created,
             Err(e) => {
@@ -264,95 +334,112 @@ impl Uploader {
             let _ = store.multipart_ended(&intent).await;
             return Err(UploadError::new("Database", e.to_string()));
         }
-        let result = match self.parts(bucket, file, &upload_id).await {
-            Ok(parts) => {
-                let completed = bucket
-                    .client
-                    .complete_multipart_upload()
-                    .bucket(&bucket.bucket)
-                    .key(&file.key)
-                    .upload_id(&upload_id)
-                    .multipart_upload(
-                        CompletedMultipartUpload::builder()
-                            .set_parts(Some(parts))
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(sdk_error);
-                match completed {
-                    // The answer was lost or unreadable, but the store may have completed it.
-                    Err(e) if completed_anyway(bucket, &file.key, &upload_id, file.bytes).await => {
-                        tracing::info!(key = %file.key, error = %e, "CompleteMultipartUpload answered badly, but the object is complete");
-                        Ok(())
-                    }
-                    other => other,
-                }
-            }
-            Err(e) => Err(e),
-        };
-        if result.is_err() {
-            abort(bucket, &file.key, &upload_id).await;
-        }
-        let _ = store.multipart_ended(&intent).await;
-        result
+        Ok(OpenUpload { intent, upload_id })
     }
 
-    /// Sends every part, a few at a time, each with its own SHA-256.
+    /// Completes a multipart upload with its parts (in any order).
+    pub(super) async fn complete(
+        &self,
+        bucket: &Bucket,
+        key: &str,
+        open: &OpenUpload,
+        mut parts: Vec<CompletedPart>,
+        bytes: u64,
+    ) -> Result<(), UploadError> {
+        parts.sort_by_key(|p| p.part_number());
+        let completed = bucket
+            .client
+            .complete_multipart_upload()
+            .bucket(&bucket.bucket)
+            .key(key)
+            .upload_id(&open.upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(sdk_error);
+        match completed {
+            // The answer was lost or unreadable, but the store may have completed it.
+            Err(e) if completed_anyway(bucket, key, &open.upload_id, bytes).await => {
+                tracing::info!(%key, error = %e, "CompleteMultipartUpload answered badly, but the object is complete");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Sends every part, a few at a time.
     async fn parts(
         &self,
         bucket: &Bucket,
         file: &FileUpload<'_>,
         upload_id: &str,
     ) -> Result<Vec<CompletedPart>, UploadError> {
-        let count = file.bytes.div_ceil(self.part_size).max(1);
-        let part_size = self.part_size;
-        let sends = futures_util::stream::iter(0..count).map(|i| {
-            let offset = i * part_size;
-            let length = part_size.min(file.bytes - offset);
-            let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
-            async move {
-                let body = ByteStream::read_from()
-                    .path(file.path)
-                    .offset(offset)
-                    .length(Length::Exact(length))
-                    .buffer_size(read_buffer(length))
-                    .build()
-                    .await
-                    .map_err(|e| UploadError::new("Io", e.to_string()))?;
-                // The SDK computes the part's CRC32C while it sends and puts it in a trailer:
-                // one read of the part, no hashing pass before it.
-                let sent = bucket
-                    .client
-                    .upload_part()
-                    .bucket(&bucket.bucket)
-                    .key(&file.key)
-                    .upload_id(upload_id)
-                    .part_number(number)
-                    .content_length(i64::try_from(length).unwrap_or(i64::MAX))
-                    .checksum_algorithm(ChecksumAlgorithm::Crc32C)
-                    .body(body)
-                    .customize()
-                    .disable_payload_signing()
-                    .send()
-                    .await
-                    .map_err(sdk_error)?;
-                Ok(CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(sent.e_tag().map(str::to_string))
-                    .set_checksum_crc32_c(sent.checksum_crc32_c().map(str::to_string))
-                    .build())
-            }
-        });
-        let mut parts: Vec<CompletedPart> = sends
+        let count = self.part_count(file.bytes);
+        futures_util::stream::iter(0..count)
+            .map(|i| self.send_part(bucket, file, upload_id, i))
             .buffer_unordered(PARTS_IN_FLIGHT)
             .collect::<Vec<Result<CompletedPart, UploadError>>>()
             .await
             .into_iter()
-            .collect::<Result<_, _>>()?;
-        parts.sort_by_key(|p| p.part_number());
-        Ok(parts)
+            .collect()
+    }
+
+    /// How many parts a file of `bytes` has.
+    pub(super) fn part_count(&self, bytes: u64) -> u64 {
+        bytes.div_ceil(self.part_size).max(1)
+    }
+
+    /// Where part `i` (from 0) of a file of `bytes` ends.
+    pub(super) fn part_end(&self, i: u64, bytes: u64) -> u64 {
+        ((i + 1) * self.part_size).min(bytes)
+    }
+
+    /// Sends part `i` (from 0) of `file`, read from its spool file.
+    pub(super) async fn send_part(
+        &self,
+        bucket: &Bucket,
+        file: &FileUpload<'_>,
+        upload_id: &str,
+        i: u64,
+    ) -> Result<CompletedPart, UploadError> {
+        let offset = i * self.part_size;
+        let length = self.part_end(i, file.bytes) - offset;
+        let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        let body = ByteStream::read_from()
+            .path(file.path)
+            .offset(offset)
+            .length(Length::Exact(length))
+            .buffer_size(read_buffer(length))
+            .build()
+            .await
+            .map_err(|e| UploadError::new("Io", e.to_string()))?;
+        // The SDK computes the part's CRC32C while it sends and puts it in a trailer: one
+        // read of the part, no hashing pass before it.
+        let sent = bucket
+            .client
+            .upload_part()
+            .bucket(&bucket.bucket)
+            .key(&file.key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(i64::try_from(length).unwrap_or(i64::MAX))
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .body(body)
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        Ok(CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(sent.e_tag().map(str::to_string))
+            .set_checksum_crc32_c(sent.checksum_crc32_c().map(str::to_string))
+            .build())
     }
 
     /// Aborts the multipart uploads a previous run left open: the one it recorded, and any
@@ -656,7 +743,7 @@ fn client(
     Client::from_conf(config)
 }
 
-async fn abort(bucket: &Bucket, key: &str, upload_id: &str) {
+pub(super) async fn abort(bucket: &Bucket, key: &str, upload_id: &str) {
     if let Err(e) = bucket
         .client
         .abort_multipart_upload()

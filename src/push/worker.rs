@@ -220,10 +220,29 @@ async fn upload_all(shared: &Shared, push: &PushRow) -> Result<(), UploadError> 
             env: &push.env,
         };
         let started = Instant::now();
-        shared
-            .uploader
-            .upload(&bucket, &upload, push, &shared.store)
-            .await?;
+        // A large file may have gone up while it arrived: then only its completion is left.
+        let early = match push.target {
+            Target::Complimentary { .. } if file.bytes >= shared.uploader.multipart_threshold() => {
+                super::early::EarlyUploads::finish(
+                    shared,
+                    (&push.env, &push.name, kind),
+                    &bucket,
+                    &upload.key,
+                    file.bytes,
+                )
+                .await
+            }
+            _ => None,
+        };
+        match early {
+            Some(done) => done?,
+            None => {
+                shared
+                    .uploader
+                    .upload(&bucket, &upload, push, &shared.store)
+                    .await?
+            }
+        }
         shared.metrics.uploaded(
             &push.destination,
             file.bytes,

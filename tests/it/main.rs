@@ -26,6 +26,7 @@ mod observability;
 mod process;
 mod properties;
 mod push;
+mod push_early;
 mod push_process;
 mod range;
 mod routing;

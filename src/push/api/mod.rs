@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::Shared;
+use super::early::EarlyUploads;
 use super::model::{
     COMPLIMENTARY, Environment, RecordingState, Target, is_valid_env, is_valid_segment, split_file,
 };
@@ -82,7 +83,7 @@ pub(super) async fn handle(
     }))
 }
 
-async fn route(shared: &Shared, request: Request<Incoming>) -> Answer {
+async fn route(shared: &Arc<Shared>, request: Request<Incoming>) -> Answer {
     let path = request.uri().path().to_string();
     if request.method() == Method::GET && path == "/healthz" {
         return Ok(text(StatusCode::OK, "ok\n"));
@@ -239,7 +240,7 @@ async fn get_environment(shared: &Shared, name: &str) -> Answer {
 }
 
 async fn put_file(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     env_name: &str,
     file: &str,
     request: Request<Incoming>,
@@ -253,13 +254,12 @@ async fn put_file(
         return Err(ApiError::not_found(format!("no environment {env_name:?}")));
     };
     let max = shared.push.max_file_size;
-    if let Some(length) = request
+    let declared = request
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && length > max
-    {
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max) {
         return Err(too_large(max));
     }
     let digest = match request.headers().get("content-digest") {
@@ -275,15 +275,40 @@ async fn put_file(
     if let Some(refused) = shared.store.refuses_files(env_name, name).await? {
         return Err(refused_file(refused));
     }
+    let spool_error = |e: std::io::Error| {
+        tracing::error!(error = %e, "spool write failed");
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "spool_unavailable",
+            "the spool could not store the file",
+        )
+    };
+    // A large file for our bucket starts its multipart upload while it arrives.
+    let plan = shared.early.plan(shared, &env, declared);
+    let incoming = shared
+        .spool
+        .incoming(plan.is_some())
+        .await
+        .map_err(spool_error)?;
+    let progress = match (plan, incoming.link(), declared) {
+        (Some(plan), Some(link), Some(declared)) => Some(EarlyUploads::start(
+            shared,
+            plan,
+            (env_name, name, kind),
+            declared,
+            link.to_path_buf(),
+        )),
+        _ => None,
+    };
     let received = shared
         .spool
         .receive(
-            env_name,
-            name,
-            kind.suffix(),
+            incoming,
+            (env_name, name, kind.suffix()),
             request.into_body(),
             max,
             digest,
+            progress,
         )
         .await
         .map_err(|e| match e {
@@ -292,14 +317,7 @@ async fn put_file(
                 ApiError::bad("the body does not match its Content-Digest")
             }
             SpoolError::Body(detail) => ApiError::bad(format!("the upload was cut: {detail}")),
-            SpoolError::Io(e) => {
-                tracing::error!(error = %e, "spool write failed");
-                ApiError::new(
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    "spool_unavailable",
-                    "the spool could not store the file",
-                )
-            }
+            SpoolError::Io(e) => spool_error(e),
         })?;
     match shared
         .store

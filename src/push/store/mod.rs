@@ -246,6 +246,11 @@ impl<'s> sqlx::migrate::MigrationSource<'s> for Migrations {
                     "nodes",
                     include_str!("../../../migrations/0003_nodes.sql"),
                 ),
+                migration(
+                    4,
+                    "early",
+                    include_str!("../../../migrations/0004_early.sql"),
+                ),
             ])
         })
     }

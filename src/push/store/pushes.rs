@@ -238,6 +238,35 @@ impl Store {
         Ok(())
     }
 
+    /// Remembers an early multipart upload about to be created: one of a file still arriving,
+    /// before any push row exists, so the row names its target and this node itself.
+    pub async fn early_multipart_intent(
+        &self,
+        id: &str,
+        env: &str,
+        name: &str,
+        (destination, target): (&str, &Target),
+        bucket: &str,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO multipart_uploads \
+             (id, env, name, destination, bucket, object_key, target, node) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(id)
+        .bind(env)
+        .bind(name)
+        .bind(destination)
+        .bind(bucket)
+        .bind(key)
+        .bind(serde_json::to_string(target)?)
+        .bind(&self.node)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Records the upload id `CreateMultipartUpload` answered.
     pub async fn multipart_started(&self, id: &str, upload_id: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE multipart_uploads SET upload_id = $1 WHERE id = $2")
@@ -259,10 +288,15 @@ impl Store {
 
     /// Multipart uploads a previous run left: `(id, upload_id, target, bucket, key)`.
     pub async fn open_multiparts(&self) -> Result<Vec<OpenMultipart>, StoreError> {
+        // An attempt's row finds its target and node through its push and recording; an
+        // early upload's row carries both.
         let rows = sqlx::query(
-            "SELECT m.id, m.upload_id, p.target, m.bucket, m.object_key FROM multipart_uploads m \
-             JOIN pushes p ON p.env = m.env AND p.name = m.name AND p.destination = m.destination \
-             JOIN recordings r ON r.env = m.env AND r.name = m.name WHERE r.node = $1",
+            "SELECT m.id, m.upload_id, COALESCE(m.target, p.target) AS target, m.bucket, \
+             m.object_key FROM multipart_uploads m \
+             LEFT JOIN pushes p ON p.env = m.env AND p.name = m.name \
+             AND p.destination = m.destination \
+             LEFT JOIN recordings r ON r.env = m.env AND r.name = m.name \
+             WHERE COALESCE(m.node, r.node) = $1 AND COALESCE(m.target, p.target) IS NOT NULL",
         )
         .bind(&self.node)
         .fetch_all(&self.pool)
