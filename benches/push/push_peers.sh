@@ -78,18 +78,22 @@ export AWS_DEFAULT_REGION=eu-central-1
 cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 # CPU seconds used by the processes this shell started and waited for (the uploader's side).
 cpu_children() { awk -v hz="$(getconf CLK_TCK)" '{print ($16 + $17) / hz}' "/proc/$$/stat"; }
+# The spool's disk: "MiB read, MiB written, ms busy" so far, from /proc/diskstats.
+disk_dev=$(lsblk -no pkname "$(findmnt -no source -T "${TMPDIR:-/tmp}")" 2>/dev/null || true)
+[ -n "$disk_dev" ] || disk_dev=$(basename "$(findmnt -no source -T "${TMPDIR:-/tmp}")")
+disk() { awk -v d="$disk_dev" '$3==d{print $6/2048, $10/2048, $13}' /proc/diskstats; }
 # CPU seconds of every process on the machine so far (all cores), from /proc/stat.
 cpu_all() { awk -v hz="$(getconf CLK_TCK)" '$1=="cpu"{print ($2+$3+$4+$7+$8) / hz}' /proc/stat; }
 results=()
 run() { # name, command...
   local name=$1; shift
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-  local start end b0 b1 a0 a1 c0 c1
-  b0=$(cpu_of "$backend_pid"); a0=$(cpu_all); c0=$(cpu_children)
+  local start end b0 b1 a0 a1 c0 c1 r0 r1 w0 w1 t0 t1
+  b0=$(cpu_of "$backend_pid"); a0=$(cpu_all); c0=$(cpu_children); read -r r0 w0 t0 <<<"$(disk)"
   start=$(date +%s.%N)
   "$@" >"$work/$name.log" 2>&1 || { echo "$name failed:"; tail -5 "$work/$name.log"; return 1; }
   end=$(date +%s.%N)
-  b1=$(cpu_of "$backend_pid"); a1=$(cpu_all); c1=$(cpu_children)
+  b1=$(cpu_of "$backend_pid"); a1=$(cpu_all); c1=$(cpu_children); read -r r1 w1 t1 <<<"$(disk)"
   local secs mbs
   secs=$(python3 -c "print(f'{$end-$start:.2f}')")
   mbs=$(python3 -c "print(f'{$total/1048576/($end-$start):.1f}')")
@@ -100,6 +104,8 @@ run() { # name, command...
   acpu=$(python3 -c "print(f'{($a1-$a0)*1000*1048576/$total:.1f}')")
   results+=("$name $secs $mbs $bcpu $acpu")
   echo "$name: ${secs} s, ${mbs} MB/s; ms of CPU per MiB: backend ${bcpu}, client processes ${ccpu}, machine ${acpu}"
+  # The disk: what was read and written during the run (and how long it was busy).
+  python3 -c "print(f'  disk $disk_dev: {$r1-$r0:.0f} MiB read, {$w1-$w0:.0f} MiB written, busy {($t1-$t0)/10/($end-$start):.0f}% of the run')"
 }
 
 want() { [[ " $PEERS " == *" $1 "* ]]; }
@@ -139,7 +145,7 @@ key_prefix = "s3edge/"
 provider = "aws"
 credentials = { access_key_id = "BENCHKEY", secret_access_key = "bench-secret" }
 EOF
-RUST_LOG=warn "$bin" serve --config "$work/s3edge.toml" >"$work/s3edge.log" 2>&1 &
+RUST_LOG=warn "$bin" serve --config "$work/s3edge.toml" >"$work/s3edge-server.log" 2>&1 &
 s3edge_pid=$!
 pids+=($s3edge_pid)
 wait_port "$api_port"
@@ -149,6 +155,8 @@ curl -sf -X PUT "$api/v1/environments/bench" -d '{"account":"BENCH","region":"eu
 export BIN="$bin"
 push_all() {
   export API="$api"
+  local push_start
+  push_start=$(date +%s.%N)
   # PUT every file of a recording (streamed by the CLI with its Content-Digest), commit it.
   ls "$src" | sed -E 's/(_filmstrip\.jpg|_raw\.mp4|\.mp4|\.jpg)$//' | sort -u |
     xargs -P "$PARALLEL" -I{} sh -c '
@@ -156,6 +164,7 @@ push_all() {
       for s in .mp4 .jpg _filmstrip.jpg _raw.mp4; do [ -f "$0$s" ] && set -- "$@" "$0$s"; done
       "$BIN" push --url "$API" put --env bench "$@" >/dev/null &&
         "$BIN" push --url "$API" commit --env bench --name "$(basename "$0")" >/dev/null' "$src/{}"
+  echo "every file received and committed after $(python3 -c "print(f'{$(date +%s.%N)-$push_start:.2f}')") s" >&2
   # Until every recording is pushed. The poll is one curl and two greps every 0.1 s: it runs
   # on the same two cores, and a python (behind a pyenv shim) per poll cost the push more
   # CPU than the upload of a 1 GiB file.
@@ -172,6 +181,7 @@ if [ -n "${PERF_DATA:-}" ]; then
   perf_pid=$!
 fi
 run s3edge push_all
+grep "every file received" "$work/s3edge.log" || true
 if [ -n "${perf_pid:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; fi
 peak=$(grep VmHWM "/proc/$s3edge_pid/status" | awk '{print $2}')
 

@@ -124,6 +124,9 @@ pub struct Uploader {
     multipart_threshold: u64,
     part_size: u64,
     request_timeout: Duration,
+    /// Parts in flight in the whole process (attempts and early uploads alike): each holds
+    /// its read buffer and the connection's write buffers, so this bounds upload memory.
+    part_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Uploader {
@@ -133,6 +136,9 @@ impl Uploader {
         Uploader {
             multipart_threshold: push.map_or(64 << 20, |p| p.multipart_threshold),
             part_size: push.map_or(16 << 20, |p| p.part_size),
+            part_slots: Arc::new(tokio::sync::Semaphore::new(
+                push.map_or(8, |p| p.concurrency).max(PARTS_IN_FLIGHT),
+            )),
             config,
             clients: Mutex::new(HashMap::new()),
             request_timeout,
@@ -407,6 +413,11 @@ impl Uploader {
         upload_id: &str,
         i: u64,
     ) -> Result<CompletedPart, UploadError> {
+        let _slot = self
+            .part_slots
+            .acquire()
+            .await
+            .map_err(|e| UploadError::new("Closed", e.to_string()))?;
         let offset = i * self.part_size;
         let length = self.part_end(i, file.bytes) - offset;
         let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
