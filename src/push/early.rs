@@ -85,7 +85,8 @@ enum Control {
 pub(super) struct Plan {
     target: Target,
     account: String,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    /// Held while parts are in flight, not while a ready upload waits for its commit.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl EarlyUploads {
@@ -118,7 +119,7 @@ impl EarlyUploads {
                 region: env.region.clone(),
             },
             account: env.account.clone(),
-            permit,
+            permit: Some(permit),
         })
     }
 
@@ -234,12 +235,13 @@ struct Task {
 
 impl Task {
     async fn run(
-        self,
+        mut self,
         arrival: watch::Receiver<Arrival>,
         mut control: watch::Receiver<Control>,
         state: watch::Sender<State>,
     ) {
         let outcome = self.upload(arrival, &mut control).await;
+        drop(self.plan.permit.take());
         remove_link(&self.link).await;
         let outcome = match outcome {
             Ok(ready) => {
@@ -273,7 +275,6 @@ impl Task {
             self.shared.metrics.early_upload(outcome);
         }
         let early = &self.shared.early;
-        drop(self.plan.permit);
         early.running.fetch_sub(1, Ordering::SeqCst);
         early.ended.notify_waiters();
     }
