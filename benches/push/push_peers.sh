@@ -157,13 +157,13 @@ push_all() {
   export API="$api"
   local push_start
   push_start=$(date +%s.%N)
-  # PUT every file of a recording (streamed by the CLI with its Content-Digest), commit it.
+  # PUT every file of a recording (streamed by the CLI with its Content-Digest), then commit
+  # it: one `s3edge push put --commit` per recording.
   ls "$src" | sed -E 's/(_filmstrip\.jpg|_raw\.mp4|\.mp4|\.jpg)$//' | sort -u |
     xargs -P "$PARALLEL" -I{} sh -c '
       set --
       for s in .mp4 .jpg _filmstrip.jpg _raw.mp4; do [ -f "$0$s" ] && set -- "$@" "$0$s"; done
-      "$BIN" push --url "$API" put --env bench "$@" >/dev/null &&
-        "$BIN" push --url "$API" commit --env bench --name "$(basename "$0")" >/dev/null' "$src/{}"
+      "$BIN" push --url "$API" put --env bench --commit "$@" >/dev/null' "$src/{}"
   echo "every file received and committed after $(python3 -c "print(f'{$(date +%s.%N)-$push_start:.2f}')") s" >&2
   # Until every recording is pushed. The poll is one curl and two greps every 0.1 s: it runs
   # on the same two cores, and a python (behind a pyenv shim) per poll cost the push more

@@ -35,6 +35,10 @@ pub enum PushCommand {
         /// Upload under this recording NAME instead of the files' own names.
         #[arg(long)]
         name: Option<String>,
+        /// Then commit the recording(s) the files belong to, when every file was accepted
+        /// (one call instead of two for a processing server's script).
+        #[arg(long)]
+        commit: bool,
         /// The files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -106,19 +110,47 @@ pub async fn push(api: ApiArgs, command: PushCommand) -> anyhow::Result<()> {
     });
     let client = PushClient::new(&base, token);
     let replies = match command {
-        PushCommand::Put { env, name, files } => {
+        PushCommand::Put {
+            env,
+            name,
+            commit,
+            files,
+        } => {
             let mut replies = Vec::new();
+            let mut recordings: Vec<String> = Vec::new();
             for file in &files {
                 let renamed = match &name {
                     Some(name) => Some(rename(file, name)?),
                     None => None,
                 };
-                replies.push(
-                    client
-                        .put_file(&env, file, renamed.as_deref())
-                        .await
-                        .map_err(anyhow::Error::msg)?,
-                );
+                let reply = client
+                    .put_file(&env, file, renamed.as_deref())
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                let own = file.file_name().and_then(|n| n.to_str());
+                if let Some((recording, _)) = renamed
+                    .as_deref()
+                    .or(own)
+                    .and_then(super::model::split_file)
+                    && !recordings.iter().any(|r| r == recording)
+                {
+                    recordings.push(recording.to_string());
+                }
+                replies.push(reply);
+            }
+            if commit && replies.iter().all(|r| r.status.is_success()) {
+                for recording in recordings {
+                    replies.push(
+                        client
+                            .call(
+                                Method::POST,
+                                &format!("/v1/recordings/{env}/{recording}/commit"),
+                                bytes::Bytes::new(),
+                            )
+                            .await
+                            .map_err(anyhow::Error::msg)?,
+                    );
+                }
             }
             replies
         }

@@ -121,19 +121,22 @@ impl Spool {
     pub async fn incoming(&self, link: bool) -> std::io::Result<Incoming> {
         let id = format!("{:016x}", fastrand::u64(..));
         let tmp = self.root.join("tmp").join(format!("{id}.part"));
-        let file = tokio::fs::File::create(&tmp).await?.into_std().await;
-        let link = if link {
-            let path = self.root.join("tmp").join(format!("{id}.early"));
-            match tokio::fs::hard_link(&tmp, &path).await {
-                Ok(()) => Some(path),
+        let second = link.then(|| self.root.join("tmp").join(format!("{id}.early")));
+        // One trip to the blocking pool for the file and its second name.
+        let path = tmp.clone();
+        let (file, link) = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::create(&path)?;
+            let link = second.and_then(|second| match std::fs::hard_link(&path, &second) {
+                Ok(()) => Some(second),
                 Err(e) => {
                     tracing::warn!(error = %e, "no second name for an early upload");
                     None
                 }
-            }
-        } else {
-            None
-        };
+            });
+            Ok::<_, std::io::Error>((file, link))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         Ok(Incoming { tmp, file, link })
     }
 
@@ -182,13 +185,20 @@ impl Spool {
         let kept = async {
             let (bytes, sha) = result?;
             let dir = self.dir(env, name);
-            tokio::fs::create_dir_all(&dir).await?;
-            tokio::fs::rename(&tmp, self.path(env, name, suffix)).await?;
-            // The rename is durable only once the directories holding it are.
-            sync_dir(&dir).await?;
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent).await?;
-            }
+            let (from, to) = (tmp.clone(), self.path(env, name, suffix));
+            // One trip to the blocking pool: the rename is durable only once the directories
+            // holding it are.
+            tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&dir)?;
+                std::fs::rename(&from, &to)?;
+                std::fs::File::open(&dir)?.sync_all()?;
+                match dir.parent() {
+                    Some(parent) => std::fs::File::open(parent)?.sync_all(),
+                    None => Ok(()),
+                }
+            })
+            .await
+            .map_err(std::io::Error::other)??;
             Ok(FileRow {
                 suffix: suffix.to_string(),
                 bytes,
@@ -365,17 +375,26 @@ impl<'p> BlockWriter<'p> {
         }
     }
 
-    /// Writes what is left and `fsync`s the file.
+    /// Writes what is left and `fsync`s the file, in one trip to the blocking pool (a small
+    /// file makes no other).
     async fn finish(mut self) -> std::io::Result<()> {
-        if !self.filling.is_empty() {
-            self.flush().await?;
-        }
-        let (file, _) = self.wait().await?;
+        let (mut file, _) = self.wait().await?;
         // An early sync's error is the file's error too (the page may be lost).
         self.wait_sync().await?;
-        tokio::task::spawn_blocking(move || file.sync_all())
-            .await
-            .map_err(std::io::Error::other)?
+        let last = std::mem::take(&mut self.filling);
+        let length = last.len() as u64;
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            file.write_all(&last)?;
+            file.sync_all()
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.written += length;
+        if let Some(progress) = self.progress {
+            progress.send_replace(Arrival::Written(self.written));
+        }
+        Ok(())
     }
 }
 

@@ -350,4 +350,28 @@ async fn the_cli_and_the_metrics_of_a_running_push_service() {
         )),
         "{text}"
     );
+
+    // `put --commit`: the files, then the commit, in one call.
+    let mut put = vec!["put", "--env", "cli", "--name", "rec-cli2", "--commit"];
+    put.extend(names.iter().map(String::as_str));
+    let (ok, out, err) = cli(&put);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.lines().count(), 5, "{out}");
+    let committed: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(committed["name"], "rec-cli2", "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, _) = cli(&["status", "--env", "cli", "--name", "rec-cli2"]);
+        assert!(ok);
+        if out.contains("\"state\":\"pushed\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A refused file: no commit is sent, and the call fails.
+    let (ok, out, _) = cli(&["put", "--env", "nope", "--commit", &names[0]]);
+    assert!(!ok);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("not_found"), "{out}");
 }
