@@ -142,11 +142,7 @@ pub async fn push(api: ApiArgs, command: PushCommand) -> anyhow::Result<()> {
                 for recording in recordings {
                     replies.push(
                         client
-                            .call(
-                                Method::POST,
-                                &format!("/v1/recordings/{env}/{recording}/commit"),
-                                bytes::Bytes::new(),
-                            )
+                            .commit(&env, &recording)
                             .await
                             .map_err(anyhow::Error::msg)?,
                     );
@@ -156,11 +152,7 @@ pub async fn push(api: ApiArgs, command: PushCommand) -> anyhow::Result<()> {
         }
         PushCommand::Commit { env, name } => vec![
             client
-                .call(
-                    Method::POST,
-                    &format!("/v1/recordings/{env}/{name}/commit"),
-                    bytes::Bytes::new(),
-                )
+                .commit(&env, &name)
                 .await
                 .map_err(anyhow::Error::msg)?,
         ],

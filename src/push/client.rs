@@ -44,6 +44,16 @@ impl PushClient {
         self.send(method, path, body, &[]).await
     }
 
+    /// Commits recording `name` of `env`.
+    pub async fn commit(&self, env: &str, name: &str) -> Result<Reply, String> {
+        self.call(
+            Method::POST,
+            &format!("/v1/recordings/{env}/{name}/commit"),
+            Bytes::new(),
+        )
+        .await
+    }
+
     /// Uploads `file` as `{NAME}{suffix}` of a recording (the file's own name unless `as_name`).
     pub async fn put_file(
         &self,

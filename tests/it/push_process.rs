@@ -278,14 +278,15 @@ async fn the_cli_and_the_metrics_of_a_running_push_service() {
     assert!(out.contains("\"file\":\"rec-cli_raw.mp4\""), "{out}");
     let (ok, out, err) = cli(&["commit", "--env", "cli", "--name", "rec-cli"]);
     assert!(ok, "{out}{err}");
+    // `status` until the recording is pushed (30 s at most).
+    let pushed = |name: &str| {
+        let (ok, out, _) = cli(&["status", "--env", "cli", "--name", name]);
+        assert!(ok, "{out}");
+        out.contains("\"state\":\"pushed\"")
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ok, out, _) = cli(&["status", "--env", "cli", "--name", "rec-cli"]);
-        assert!(ok);
-        if out.contains("\"state\":\"pushed\"") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{out}");
+    while !pushed("rec-cli") {
+        assert!(Instant::now() < deadline, "rec-cli never pushed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A retry of a pushed recording is refused, with the API's error and a failing exit.
@@ -360,13 +361,8 @@ async fn the_cli_and_the_metrics_of_a_running_push_service() {
     let committed: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(committed["name"], "rec-cli2", "{out}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ok, out, _) = cli(&["status", "--env", "cli", "--name", "rec-cli2"]);
-        assert!(ok);
-        if out.contains("\"state\":\"pushed\"") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{out}");
+    while !pushed("rec-cli2") {
+        assert!(Instant::now() < deadline, "rec-cli2 never pushed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A refused file: no commit is sent, and the call fails.
