@@ -21,10 +21,10 @@ use aws_sdk_s3::types::CompletedPart;
 use futures_util::StreamExt;
 use tokio::sync::{Notify, Semaphore, watch};
 
-use super::Shared;
 use super::model::{Environment, Target};
 use super::spool::Arrival;
 use super::upload::{Bucket, FileUpload, OpenUpload, Owner, PARTS_IN_FLIGHT, UploadError, abort};
+use super::{Shared, lock};
 use crate::route::FileKind;
 
 /// An early upload nobody claimed is aborted this long after its file was kept.
@@ -414,8 +414,4 @@ async fn remove_link(link: &Path) {
     {
         tracing::warn!(link = %link.display(), error = %e, "early upload link not removed");
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -96,6 +96,11 @@ where
     }
 }
 
+/// Locks a mutex whose data stays valid if a holder panicked (maps and counters).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Connections the push API holds open at once.
 const MAX_CONNECTIONS: usize = 1024;
 /// How long a client may take to send a request's headers.

@@ -24,6 +24,7 @@ use aws_sdk_s3::types::{
 use base64::Engine as _;
 use futures_util::StreamExt;
 
+use super::lock;
 use super::model::Target;
 use super::store::{PushRow, Store};
 use crate::config::{Addressing, Config, CredentialSource, RegionConfig};
@@ -808,8 +809,4 @@ fn read_buffer(bytes: u64) -> usize {
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore, watch};
 
-use super::Shared;
 use super::model::{COMPLIMENTARY, RecordingState, Target, kind_of_suffix};
 use super::schedule::now_ms;
 use super::store::{NewDelivery, PushRow};
 use super::upload::{FileUpload, UploadError};
 use super::urls::urls;
 use super::webhook::{Copied, EVENT, delivery_id};
+use super::{Shared, lock};
 
 /// The dispatcher's own state.
 pub(super) struct Dispatcher {
@@ -305,8 +305,4 @@ async fn delivery_for(shared: &Shared, push: &PushRow, now: i64) -> Option<NewDe
         secret: webhook.secret,
         body: serde_json::to_string(&body).ok()?,
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

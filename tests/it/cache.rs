@@ -482,14 +482,19 @@ async fn purge_drops_a_file_a_recording_or_an_account() {
     assert_eq!(admin("GET", "/metrics", token).await, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn capacity_holds_after_four_times_capacity_passed_through() {
-    let capacity = 2 * 1024 * 1024;
-    let h = Harness::start_with(|c| {
+/// A gateway whose cache holds `capacity` bytes in small chunks.
+async fn small_cache(capacity: u64) -> Harness {
+    Harness::start_with(|c| {
         small_chunks(c);
         c.cache.capacity = capacity;
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn capacity_holds_after_four_times_capacity_passed_through() {
+    let capacity = 2 * 1024 * 1024;
+    let h = small_cache(capacity).await;
     let mut total = 0u64;
     for i in 0..16 {
         let body = pattern(512 * 1024 + i, i as u64 + 100);
@@ -514,11 +519,7 @@ async fn capacity_holds_after_four_times_capacity_passed_through() {
 #[tokio::test]
 async fn reused_chunk_buffers_never_show_the_bytes_they_held_before() {
     let capacity = 2 * 1024 * 1024;
-    let h = Harness::start_with(|c| {
-        small_chunks(c);
-        c.cache.capacity = capacity;
-    })
-    .await;
+    let h = small_cache(capacity).await;
     // Every object a whole number of chunks but one (its short last chunk gets a buffer of
     // its own), each with other bytes: a reused buffer holding old bytes would show.
     let mut objects = Vec::new();
