@@ -365,9 +365,16 @@ async fn the_cli_and_the_metrics_of_a_running_push_service() {
         assert!(Instant::now() < deadline, "rec-cli2 never pushed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // A refused file: no commit is sent, and the call fails.
-    let (ok, out, _) = cli(&["put", "--env", "nope", "--commit", &names[0]]);
+    // One file refused (a name of none of the four kinds): no commit is sent, the call
+    // fails. Both files are a few bytes, so the refusal never races the body's sending.
+    let small = dir.path().join("rec-cli3.jpg");
+    let bad = dir.path().join("rec-cli3.txt");
+    std::fs::write(&small, b"jpeg").unwrap();
+    std::fs::write(&bad, b"text").unwrap();
+    let (small, bad) = (small.display().to_string(), bad.display().to_string());
+    let (ok, out, _) = cli(&["put", "--env", "cli", "--commit", &small, &bad]);
     assert!(!ok);
-    assert_eq!(out.lines().count(), 1, "{out}");
-    assert!(out.contains("not_found"), "{out}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("bad_request"), "{out}");
+    assert!(!out.contains("\"state\""), "a commit was sent: {out}");
 }
