@@ -9,8 +9,10 @@
 #     filmstrip, 224 KB raw), plus BIG_FILES raw files of BIG_SIZE (1 GiB by default);
 #   - s5cmd cp, rclone copy and aws s3 cp upload the folder;
 #   - s3edge: every file is PUT to the push API (streamed into the spool and fsync'd), each
-#     recording committed, and pushed; the time runs from the first PUT to the last `pushed`,
-#     so s3edge pays for receiving, fsync and every committed state change on top of the upload.
+#     recording committed, and pushed (CLIENT=batch: one `s3edge push put --commit --parallel
+#     PARALLEL` for the folder; CLIENT=per-recording: one call per recording); the time runs
+#     from the first PUT to the last `pushed`, so s3edge pays for receiving, fsync and every
+#     committed state change on top of the upload.
 # PERF_DATA=FILE records the push process with `perf` during its run.
 # Reported: seconds and MB/s per uploader, the ratio to s5cmd, and s3edge's peak RSS.
 set -euo pipefail
@@ -20,6 +22,9 @@ BIG_FILES=${BIG_FILES:-3}
 BIG_SIZE=${BIG_SIZE:-1073741824}
 PARALLEL=${PARALLEL:-8}
 PEERS=${PEERS:-s5cmd rclone aws}   # the peers to run (s5cmd is the reference of the ratio)
+# s3edge's client: `batch` (one CLI call for the folder, as each peer gets it) or
+# `per-recording` (one CLI call per recording, PARALLEL at once).
+CLIENT=${CLIENT:-batch}
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 for tool in s5cmd rclone aws curl; do
@@ -157,13 +162,18 @@ push_all() {
   export API="$api"
   local push_start
   push_start=$(date +%s.%N)
-  # PUT every file of a recording (streamed by the CLI with its Content-Digest), then commit
-  # it: one `s3edge push put --commit` per recording.
-  ls "$src" | sed -E 's/(_filmstrip\.jpg|_raw\.mp4|\.mp4|\.jpg)$//' | sort -u |
-    xargs -P "$PARALLEL" -I{} sh -c '
-      set --
-      for s in .mp4 .jpg _filmstrip.jpg _raw.mp4; do [ -f "$0$s" ] && set -- "$@" "$0$s"; done
-      "$BIN" push --url "$API" put --env bench --commit "$@" >/dev/null' "$src/{}"
+  if [ "$CLIENT" = batch ]; then
+    # One `s3edge push put --commit --parallel N` for the folder, as the peers get it: every
+    # file streamed with its Content-Digest, each recording committed once its files are in.
+    "$BIN" push --url "$API" put --env bench --commit --parallel "$PARALLEL" "$src"/* >/dev/null
+  else
+    # One `s3edge push put --commit` per recording, N at once, as processing servers call it.
+    ls "$src" | sed -E 's/(_filmstrip\.jpg|_raw\.mp4|\.mp4|\.jpg)$//' | sort -u |
+      xargs -P "$PARALLEL" -I{} sh -c '
+        set --
+        for s in .mp4 .jpg _filmstrip.jpg _raw.mp4; do [ -f "$0$s" ] && set -- "$@" "$0$s"; done
+        "$BIN" push --url "$API" put --env bench --commit "$@" >/dev/null' "$src/{}"
+  fi
   echo "every file received and committed after $(python3 -c "print(f'{$(date +%s.%N)-$push_start:.2f}')") s" >&2
   # Until every recording is pushed. The poll is one curl and two greps every 0.1 s: it runs
   # on the same two cores, and a python (behind a pyenv shim) per poll cost the push more

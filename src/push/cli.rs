@@ -1,11 +1,16 @@
 //! `s3edge push put|commit|status|retry` (the push API from a shell) and `s3edge urls`
 //! (a recording's URLs, without a server).
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use futures_util::StreamExt;
 use http::Method;
+use tokio::sync::Semaphore;
 
-use super::client::PushClient;
+use super::client::{PushClient, Reply};
+use super::model::split_file;
 use super::urls::{location, urls};
 use crate::config::Config;
 
@@ -35,10 +40,13 @@ pub enum PushCommand {
         /// Upload under this recording NAME instead of the files' own names.
         #[arg(long)]
         name: Option<String>,
-        /// Then commit the recording(s) the files belong to, when every file was accepted
-        /// (one call instead of two for a processing server's script).
+        /// Then commit each recording the files belong to, once every one of its files was
+        /// accepted (a recording with a refused file is not committed).
         #[arg(long)]
         commit: bool,
+        /// Files sent at once (a folder of many recordings goes up in one call).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+        parallel: u16,
         /// The files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -114,41 +122,15 @@ pub async fn push(api: ApiArgs, command: PushCommand) -> anyhow::Result<()> {
             env,
             name,
             commit,
+            parallel,
             files,
         } => {
-            let mut replies = Vec::new();
-            let mut recordings: Vec<String> = Vec::new();
-            for file in &files {
-                let renamed = match &name {
-                    Some(name) => Some(rename(file, name)?),
-                    None => None,
-                };
-                let reply = client
-                    .put_file(&env, file, renamed.as_deref())
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                let own = file.file_name().and_then(|n| n.to_str());
-                if let Some((recording, _)) = renamed
-                    .as_deref()
-                    .or(own)
-                    .and_then(super::model::split_file)
-                    && !recordings.iter().any(|r| r == recording)
-                {
-                    recordings.push(recording.to_string());
-                }
-                replies.push(reply);
-            }
-            if commit && replies.iter().all(|r| r.status.is_success()) {
-                for recording in recordings {
-                    replies.push(
-                        client
-                            .commit(&env, &recording)
-                            .await
-                            .map_err(anyhow::Error::msg)?,
-                    );
-                }
-            }
-            replies
+            let recordings = recordings_of(&files, name.as_deref())?;
+            let failed = put(&client, &env, recordings, commit, usize::from(parallel)).await;
+            return match failed {
+                Some(failed) => Err(anyhow::anyhow!("{failed}")),
+                None => Ok(()),
+            };
         }
         PushCommand::Commit { env, name } => vec![
             client
@@ -188,6 +170,99 @@ pub async fn push(api: ApiArgs, command: PushCommand) -> anyhow::Result<()> {
         Some(status) => Err(anyhow::anyhow!("the push API answered {status}")),
         None => Ok(()),
     }
+}
+
+/// The files of one recording: each path and the name it is uploaded as.
+struct Recording<'f> {
+    name: String,
+    files: Vec<(&'f Path, String)>,
+}
+
+/// Groups files by recording, in the order given; a file whose name is none of the four kinds
+/// fails the call before anything is sent.
+fn recordings_of<'f>(
+    files: &'f [PathBuf],
+    name: Option<&str>,
+) -> anyhow::Result<Vec<Recording<'f>>> {
+    let mut recordings: Vec<Recording<'f>> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for file in files {
+        let upload = match name {
+            Some(name) => rename(file, name)?,
+            None => file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string(),
+        };
+        let Some((recording, _)) = split_file(&upload) else {
+            anyhow::bail!(
+                "{upload}: a file is named {{NAME}}.mp4, {{NAME}}.jpg, {{NAME}}_filmstrip.jpg or \
+                 {{NAME}}_raw.mp4, NAME being 1-128 of A-Z a-z 0-9 _ -"
+            );
+        };
+        let at = *index.entry(recording.to_string()).or_insert_with(|| {
+            recordings.push(Recording {
+                name: recording.to_string(),
+                files: Vec::new(),
+            });
+            recordings.len() - 1
+        });
+        recordings[at].files.push((file.as_path(), upload));
+    }
+    Ok(recordings)
+}
+
+/// PUTs every file, at most `parallel` at once, and commits each recording whose files were
+/// all accepted (when `commit`). Each answer is printed as it comes, one JSON per line; the
+/// result says why the call failed, if it did.
+async fn put(
+    client: &PushClient,
+    env: &str,
+    recordings: Vec<Recording<'_>>,
+    commit: bool,
+    parallel: usize,
+) -> Option<String> {
+    let slots = Semaphore::new(parallel);
+    let failed: Mutex<Option<String>> = Mutex::new(None);
+    let fail = |why: String| {
+        if let Ok(mut failed) = failed.lock() {
+            *failed = Some(why);
+        }
+    };
+    // A reply printed; whether it is a success.
+    let answered = |reply: Result<Reply, String>| match reply {
+        Ok(reply) => {
+            println!("{}", String::from_utf8_lossy(&reply.body));
+            if !reply.status.is_success() {
+                fail(format!("the push API answered {}", reply.status));
+            }
+            reply.status.is_success()
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            fail(error);
+            false
+        }
+    };
+    futures_util::stream::iter(recordings)
+        .for_each_concurrent(parallel, |recording| {
+            let (slots, answered) = (&slots, &answered);
+            async move {
+                let puts = recording.files.iter().map(|(path, upload)| async move {
+                    let Ok(_slot) = slots.acquire().await else {
+                        return false;
+                    };
+                    answered(client.put_file(env, path, Some(upload)).await)
+                });
+                let accepted = futures_util::future::join_all(puts).await;
+                if commit && accepted.iter().all(|ok| *ok) {
+                    answered(client.commit(env, &recording.name).await);
+                }
+            }
+        })
+        .await;
+    failed.into_inner().ok().flatten()
 }
 
 /// `{name}{suffix}` for a file whose own name ends in one of the four suffixes.

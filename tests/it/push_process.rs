@@ -365,16 +365,55 @@ async fn the_cli_and_the_metrics_of_a_running_push_service() {
         assert!(Instant::now() < deadline, "rec-cli2 never pushed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // One file refused (a name of none of the four kinds): no commit is sent, the call
-    // fails. Both files are a few bytes, so the refusal never races the body's sending.
+    // A file of a name of none of the four kinds fails the call before anything is sent.
     let small = dir.path().join("rec-cli3.jpg");
     let bad = dir.path().join("rec-cli3.txt");
     std::fs::write(&small, b"jpeg").unwrap();
     std::fs::write(&bad, b"text").unwrap();
     let (small, bad) = (small.display().to_string(), bad.display().to_string());
-    let (ok, out, _) = cli(&["put", "--env", "cli", "--commit", &small, &bad]);
+    let (ok, out, err) = cli(&["put", "--env", "cli", "--commit", &small, &bad]);
     assert!(!ok);
-    assert_eq!(out.lines().count(), 2, "{out}");
-    assert!(out.contains("bad_request"), "{out}");
-    assert!(!out.contains("\"state\""), "a commit was sent: {out}");
+    assert_eq!(out, "", "something was sent");
+    assert!(
+        err.contains("rec-cli3.txt: a file is named {NAME}.mp4"),
+        "{err}"
+    );
+    let reply = within(client.call(Method::GET, "/v1/recordings/cli/rec-cli3", Bytes::new()))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, http::StatusCode::NOT_FOUND);
+    // Two recordings in one call: one of rec-cli2's files comes after its commit (409), so
+    // rec-cli2 is not committed again; rec-cli3's file is accepted and rec-cli3 committed.
+    let again = dir.path().join("rec-cli2.jpg");
+    std::fs::write(&again, b"late").unwrap();
+    let again = again.display().to_string();
+    let (ok, out, _) = cli(&[
+        "put",
+        "--env",
+        "cli",
+        "--commit",
+        "--parallel",
+        "2",
+        &small,
+        &again,
+    ]);
+    assert!(!ok, "{out}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.iter().filter(|l| l["error"] == "conflict").count(),
+        1,
+        "{out}"
+    );
+    let commits: Vec<&Value> = lines.iter().filter(|l| l.get("state").is_some()).collect();
+    assert_eq!(commits.len(), 1, "{out}");
+    assert_eq!(commits[0]["name"], "rec-cli3", "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pushed("rec-cli3") {
+        assert!(Instant::now() < deadline, "rec-cli3 never pushed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
