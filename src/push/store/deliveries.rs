@@ -46,6 +46,7 @@ impl Store {
             (false, Some(_)) => "pending",
             (false, None) => "failed",
         };
+        let _write = self.writing().await;
         sqlx::query(
             "UPDATE deliveries SET state = $1, attempts = attempts + 1, next_attempt_at = $2, \
              last_error = $3, leased_by = NULL, lease_until = NULL WHERE id = $4",

@@ -2,6 +2,7 @@
 //! node's spool, commits), what operators ask (status, a manual push) and what the spool
 //! keeps.
 
+use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::pushes::refresh_state;
@@ -20,6 +21,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let webhook_url = env.webhook.as_ref().map(|w| w.url.clone());
         let webhook_secret = env.webhook.as_ref().map(|w| w.secret.clone());
+        let _write = self.writing().await;
         sqlx::query(
             "INSERT INTO environments (name, account, region, complimentary, webhook_url, \
              webhook_secret, destinations, delete_after_days, updated_at) \
@@ -84,7 +86,7 @@ impl Store {
         environment: &Environment,
         file: &FileRow,
     ) -> Result<Result<(), Refused>, StoreError> {
-        let mut tx = self.begin().await?;
+        let (mut tx, _write) = self.begin().await?;
         // Inserted first: of two nodes receiving a new recording at once, the second waits
         // for the first's row and then reads it.
         sqlx::query(
@@ -124,8 +126,13 @@ impl Store {
         env: &str,
         name: &str,
     ) -> Result<Option<Refused>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        self.refusal(&mut tx, env, name).await
+        // A look, not a lock: `receive_file` asks again in its transaction.
+        let row = sqlx::query("SELECT state, node FROM recordings WHERE env = $1 AND name = $2")
+            .bind(env)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(self.refusal_of(row.as_ref()))
     }
 
     async fn refusal(
@@ -142,16 +149,19 @@ impl Store {
         .bind(name)
         .fetch_optional(&mut **tx)
         .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
+        Ok(self.refusal_of(row.as_ref()))
+    }
+
+    /// Why a recording (its `state, node` row, if any) refuses files on this node.
+    fn refusal_of(&self, row: Option<&AnyRow>) -> Option<Refused> {
+        let row = row?;
         if row.get::<&str, _>("state") != RecordingState::Open.as_str() {
-            return Ok(Some(Refused::Committed));
+            return Some(Refused::Committed);
         }
         if row.get::<Option<&str>, _>("node") != Some(self.node.as_str()) {
-            return Ok(Some(Refused::Elsewhere));
+            return Some(Refused::Elsewhere);
         }
-        Ok(None)
+        None
     }
 
     /// Commits an open recording: one push row per target, all due now. Committing twice
@@ -163,7 +173,7 @@ impl Store {
         targets: &[(String, Target)],
         now: i64,
     ) -> Result<Result<RecordingState, Refused>, StoreError> {
-        let mut tx = self.begin().await?;
+        let (mut tx, _write) = self.begin().await?;
         match recording_state(&mut tx, self.dialect, env, name).await? {
             None => return Ok(Err(Refused::NoFiles)),
             Some(RecordingState::Open) => {}
@@ -277,7 +287,7 @@ impl Store {
         name: &str,
         now: i64,
     ) -> Result<Result<(), Refused>, StoreError> {
-        let mut tx = self.begin().await?;
+        let (mut tx, _write) = self.begin().await?;
         let Some(row) = sqlx::query(&format!(
             "SELECT state, CAST(files_kept AS INTEGER) AS files_kept FROM recordings \
                  WHERE env = $1 AND name = $2{}",
@@ -318,6 +328,7 @@ impl Store {
 
     /// Marks a recording's spool files gone (pushed everywhere, skipped, or past retention).
     pub async fn files_removed(&self, env: &str, name: &str) -> Result<(), StoreError> {
+        let _write = self.writing().await;
         sqlx::query("UPDATE recordings SET files_kept = FALSE WHERE env = $1 AND name = $2")
             .bind(env)
             .bind(name)
