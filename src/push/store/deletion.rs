@@ -83,7 +83,7 @@ impl Store {
         now: i64,
         job: Option<&str>,
     ) -> Result<Vec<Doomed>, StoreError> {
-        let (mut tx, _write) = self.begin().await?;
+        let (mut tx, turn) = self.begin().await?;
         let mut doomed = Vec::with_capacity(names.len());
         let again = by == "api" && job.is_none();
         let mut counted = 0i64;
@@ -161,7 +161,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        self.finish(tx, turn).await?;
         Ok(doomed)
     }
 
@@ -197,7 +197,7 @@ impl Store {
 
     /// The bucket did not take these tombstones' deletion: free for the next pass, on any node.
     pub async fn objects_released(&self, doomed: &[Doomed]) -> Result<(), StoreError> {
-        let (mut tx, _write) = self.begin().await?;
+        let (mut tx, turn) = self.begin().await?;
         for d in doomed {
             sqlx::query(
                 "UPDATE recordings SET objects_lease_until = NULL, objects_leased_by = NULL \
@@ -208,7 +208,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        self.finish(tx, turn).await?;
         Ok(())
     }
 
@@ -220,7 +220,7 @@ impl Store {
         edges: &[String],
         now: i64,
     ) -> Result<(), StoreError> {
-        let (mut tx, _write) = self.begin().await?;
+        let (mut tx, turn) = self.begin().await?;
         for d in doomed {
             sqlx::query(
                 "UPDATE recordings SET objects_deleted = TRUE, objects_lease_until = NULL, \
@@ -233,7 +233,7 @@ impl Store {
             .await?;
             insert_purges(&mut tx, &d.region, &d.account, &d.name, edges, now).await?;
         }
-        tx.commit().await?;
+        self.finish(tx, turn).await?;
         Ok(())
     }
 
@@ -246,9 +246,9 @@ impl Store {
         edges: &[String],
         now: i64,
     ) -> Result<(), StoreError> {
-        let (mut tx, _write) = self.begin().await?;
+        let (mut tx, turn) = self.begin().await?;
         insert_purges(&mut tx, region, account, name, edges, now).await?;
-        tx.commit().await?;
+        self.finish(tx, turn).await?;
         Ok(())
     }
 
@@ -286,7 +286,7 @@ impl Store {
 
     /// The edge acknowledged the purge (unless it was queued again since).
     pub async fn purge_done(&self, purge: &PurgeRow) -> Result<(), StoreError> {
-        let _write = self.writing().await;
+        let turn = self.writing().await;
         sqlx::query(
             "DELETE FROM purges WHERE admin = $1 AND region = $2 AND account = $3 AND name = $4 \
              AND queued_at = $5",
@@ -298,6 +298,7 @@ impl Store {
         .bind(purge.queued_at)
         .execute(&self.pool)
         .await?;
+        self.written(turn).await?;
         Ok(())
     }
 
@@ -308,7 +309,7 @@ impl Store {
         error: &str,
         next: i64,
     ) -> Result<(), StoreError> {
-        let _write = self.writing().await;
+        let turn = self.writing().await;
         sqlx::query(
             "UPDATE purges SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2 \
              WHERE admin = $3 AND region = $4 AND account = $5 AND name = $6",
@@ -321,6 +322,7 @@ impl Store {
         .bind(&purge.name)
         .execute(&self.pool)
         .await?;
+        self.written(turn).await?;
         Ok(())
     }
 
@@ -383,7 +385,7 @@ impl Store {
         before: i64,
         now: i64,
     ) -> Result<(), StoreError> {
-        let (mut tx, _write) = self.begin().await?;
+        let (mut tx, turn) = self.begin().await?;
         let total: i64 = sqlx::query(
             "SELECT COUNT(*) AS n FROM recordings WHERE env = $1 AND committed_at < $2 \
              AND state <> 'deleted'",
@@ -404,7 +406,7 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.finish(tx, turn).await?;
         Ok(())
     }
 
@@ -454,7 +456,7 @@ impl Store {
 
     /// A job is complete.
     pub async fn job_finished(&self, id: &str, now: i64) -> Result<(), StoreError> {
-        let _write = self.writing().await;
+        let turn = self.writing().await;
         sqlx::query(
             "UPDATE delete_jobs SET state = 'done', finished_at = $1, leased_by = NULL, \
              lease_until = NULL WHERE id = $2",
@@ -463,6 +465,7 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        self.written(turn).await?;
         Ok(())
     }
 }

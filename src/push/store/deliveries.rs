@@ -46,7 +46,7 @@ impl Store {
             (false, Some(_)) => "pending",
             (false, None) => "failed",
         };
-        let _write = self.writing().await;
+        let turn = self.writing().await;
         sqlx::query(
             "UPDATE deliveries SET state = $1, attempts = attempts + 1, next_attempt_at = $2, \
              last_error = $3, leased_by = NULL, lease_until = NULL WHERE id = $4",
@@ -57,6 +57,7 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        self.written(turn).await?;
         Ok(())
     }
 }

@@ -9,8 +9,9 @@
 //! (a webhook delivery, a tombstone's objects, a bulk job) is leased, claimed under row locks
 //! that other nodes skip.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -40,6 +41,9 @@ pub enum StoreError {
     /// A stored JSON value no longer parses.
     #[error("stored value: {0}")]
     Json(#[from] serde_json::Error),
+    /// The database's log could not be synced.
+    #[error("database log: {0}")]
+    Sync(#[from] std::io::Error),
 }
 
 /// What a write against a recording found.
@@ -168,11 +172,8 @@ pub struct DeliveryRow {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
-    /// SQLite only: its writers take turns here. SQLite has one writer at a time, and a
-    /// connection that finds the write lock taken sleeps in its busy handler (1, 2, 5, 10…
-    /// ms) instead of being woken when the lock is free: under 8 concurrent uploads a
-    /// 100 KB PUT waited ~40 ms. Here the next writer starts as soon as the last commits.
-    writer: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// SQLite only: turns to write, and the group commit of the write-ahead log.
+    writer: Option<Arc<Writer>>,
     /// This node's id (kept in its spool): the recordings it receives are its to push.
     node: String,
 }
@@ -257,6 +258,11 @@ impl<'s> sqlx::migrate::MigrationSource<'s> for Migrations {
                     "early",
                     include_str!("../../../migrations/0004_early.sql"),
                 ),
+                migration(
+                    5,
+                    "spool",
+                    include_str!("../../../migrations/0005_spool.sql"),
+                ),
             ])
         })
     }
@@ -301,7 +307,15 @@ impl Store {
             .await?;
         let store = Store {
             pool,
-            writer: (dialect == Dialect::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
+            writer: (dialect == Dialect::Sqlite).then(|| {
+                Arc::new(Writer {
+                    turn: tokio::sync::Mutex::new(()),
+                    wal: spool.join("push.db-wal"),
+                    committed: AtomicU64::new(0),
+                    synced: tokio::sync::Mutex::new(Synced::default()),
+                    syncs: AtomicU64::new(0),
+                })
+            }),
             dialect,
             node: node.to_string(),
         };
@@ -336,14 +350,103 @@ impl Store {
     /// taken twice by one task: a writing method calls no other writing method.
     async fn writing(&self) -> Writing<'_> {
         match &self.writer {
-            Some(writer) => Some(writer.lock().await),
+            Some(writer) => Some(writer.turn.lock().await),
             None => None,
         }
+    }
+
+    /// Commits a writing transaction; it is on disk when this returns.
+    async fn finish(
+        &self,
+        tx: Transaction<'static, Any>,
+        turn: Writing<'_>,
+    ) -> Result<(), StoreError> {
+        tx.commit().await?;
+        self.written(turn).await
+    }
+
+    /// After a committed write: gives the turn back, then returns once the write is on disk.
+    ///
+    /// SQLite commits with `synchronous = NORMAL` (the log is written, not synced: safe from
+    /// a killed process, not yet from a power cut), and the writers then sync the log
+    /// together: one `fdatasync` covers every commit made before it started. With one sync
+    /// per commit (`FULL`) each writer held SQLite's only write lock across its own sync,
+    /// and 8 concurrent uploads queued behind one another's syncs.
+    async fn written(&self, turn: Writing<'_>) -> Result<(), StoreError> {
+        drop(turn);
+        let Some(writer) = &self.writer else {
+            return Ok(());
+        };
+        let mine = writer.committed.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut synced = writer.synced.lock().await;
+        if synced.commits >= mine {
+            return Ok(());
+        }
+        // Every commit counted here had written its frames before it was counted.
+        let covers = writer.committed.load(Ordering::SeqCst);
+        let (wal, dir, known) = (writer.wal.clone(), writer.dir(), synced.wal);
+        let inode = tokio::task::spawn_blocking(move || sync_log(&wal, &dir, known))
+            .await
+            .map_err(std::io::Error::other)??;
+        writer.syncs.fetch_add(1, Ordering::Relaxed);
+        *synced = Synced {
+            commits: covers,
+            wal: inode,
+        };
+        Ok(())
     }
 }
 
 /// A turn to write, given back when dropped.
 type Writing<'a> = Option<tokio::sync::MutexGuard<'a, ()>>;
+
+/// SQLite's writers: one at a time (SQLite has one writer, and a connection that finds the
+/// write lock taken sleeps in its busy handler, 1, 2, 5, 10… ms, instead of being woken), and
+/// one sync of the log for every commit made before it.
+#[derive(Debug)]
+struct Writer {
+    turn: tokio::sync::Mutex<()>,
+    /// `push.db-wal`.
+    wal: PathBuf,
+    /// Commits made so far.
+    committed: AtomicU64,
+    synced: tokio::sync::Mutex<Synced>,
+    /// Syncs of the log so far.
+    syncs: AtomicU64,
+}
+
+/// What the last sync of the log covered.
+#[derive(Debug, Default)]
+struct Synced {
+    /// Commits on disk.
+    commits: u64,
+    /// The log file's inode then (a new log's directory entry is synced once).
+    wal: Option<u64>,
+}
+
+impl Writer {
+    fn dir(&self) -> PathBuf {
+        self.wal.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+}
+
+/// Syncs SQLite's write-ahead log (and its directory when the log is a new file); the log's
+/// inode. No log: the last connection checkpointed it into the database, synced, and
+/// removed it.
+fn sync_log(wal: &Path, dir: &Path, known: Option<u64>) -> std::io::Result<Option<u64>> {
+    use std::os::unix::fs::MetadataExt;
+    let log = match std::fs::File::open(wal) {
+        Ok(log) => log,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    log.sync_data()?;
+    let inode = log.metadata()?.ino();
+    if known != Some(inode) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(Some(inode))
+}
 
 /// A recording's state, its row locked for the rest of the transaction (PostgreSQL; SQLite
 /// holds the database's write lock from `BEGIN IMMEDIATE` on).
@@ -385,7 +488,8 @@ async fn prepare(conn: &mut sqlx::AnyConnection, dialect: Dialect) -> Result<(),
     if dialect == Dialect::Sqlite {
         for pragma in [
             "PRAGMA journal_mode = WAL",
-            "PRAGMA synchronous = FULL",
+            // Durable once `Store::written` has synced the log (a group commit).
+            "PRAGMA synchronous = NORMAL",
             "PRAGMA busy_timeout = 10000",
         ] {
             sqlx::query(pragma).execute(&mut *conn).await?;
@@ -407,4 +511,46 @@ pub(super) fn lease_ms() -> i64 {
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::model::Environment;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_are_all_kept_and_share_syncs_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), None, "node-a").await.unwrap();
+        let env = Environment {
+            account: "ACC".into(),
+            region: "eu1".into(),
+            complimentary_storage: true,
+            webhook: None,
+            destinations: Vec::new(),
+            delete_after_days: None,
+        };
+        let writes: Vec<_> = (0..64)
+            .map(|i| {
+                let (store, env) = (store.clone(), env.clone());
+                tokio::spawn(
+                    async move { store.put_environment(&format!("env-{i}"), &env, i).await },
+                )
+            })
+            .collect();
+        for write in writes {
+            write.await.unwrap().unwrap();
+        }
+        for i in 0..64 {
+            let kept = store.environment(&format!("env-{i}")).await.unwrap();
+            assert_eq!(kept.unwrap().account, "ACC");
+        }
+        let syncs = store.writer.as_ref().unwrap().syncs.load(Ordering::Relaxed);
+        // Each commit is synced before its call returns, most of them by another's sync.
+        assert!(
+            (1..64).contains(&syncs),
+            "{syncs} syncs of the log for 64 commits"
+        );
+        assert!(dir.path().join("push.db-wal").exists());
+    }
 }

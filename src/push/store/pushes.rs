@@ -57,7 +57,7 @@ impl Store {
     /// Claims a due push for an attempt (committed before the attempt starts): its attempt
     /// number, or `None` when another claim won.
     pub async fn claim(&self, push: &PushRow) -> Result<Option<u32>, StoreError> {
-        let (mut tx, _write) = self.begin().await?;
+        let (mut tx, turn) = self.begin().await?;
         let done = sqlx::query(
             "UPDATE pushes SET state = 'pushing', attempts = attempts + 1 \
              WHERE env = $1 AND name = $2 AND destination = $3 AND state IN ('queued', 'retrying')",
@@ -71,7 +71,7 @@ impl Store {
             return Ok(None);
         }
         refresh_state(&mut tx, self.dialect, &push.env, &push.name).await?;
-        tx.commit().await?;
+        self.finish(tx, turn).await?;
         Ok(Some(push.attempts + 1))
     }
 
@@ -83,9 +83,9 @@ impl Store {
         now: i64,
         delivery: Option<&NewDelivery>,
     ) -> Result<RecordingState, StoreError> {
-        let (mut tx, _write) = self.begin().await?;
+        let (mut tx, turn) = self.begin().await?;
         if deleted_meanwhile(&mut tx, self.dialect, push).await? {
-            tx.commit().await?;
+            self.finish(tx, turn).await?;
             return Ok(RecordingState::Deleted);
         }
         if let Some(d) = delivery {
@@ -115,7 +115,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let state = refresh_state(&mut tx, self.dialect, &push.env, &push.name).await?;
-        tx.commit().await?;
+        self.finish(tx, turn).await?;
         Ok(state)
     }
 
@@ -132,9 +132,9 @@ impl Store {
         next: Option<i64>,
         keep_until: i64,
     ) -> Result<RecordingState, StoreError> {
-        let (mut tx, _write) = self.begin().await?;
+        let (mut tx, turn) = self.begin().await?;
         if deleted_meanwhile(&mut tx, self.dialect, push).await? {
-            tx.commit().await?;
+            self.finish(tx, turn).await?;
             return Ok(RecordingState::Deleted);
         }
         let last = format!("{code}: {error}");
@@ -176,14 +176,14 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        self.finish(tx, turn).await?;
         Ok(recording)
     }
 
     /// After a restart: this node's attempts that were running are due again at once (they count as
     /// made), and the multipart uploads they had open are returned for aborting.
     pub async fn recover(&self, now: i64) -> Result<u64, StoreError> {
-        let (mut tx, _write) = self.begin().await?;
+        let (mut tx, turn) = self.begin().await?;
         // This node's only: another node's running attempts are its own.
         let interrupted = sqlx::query(
             "UPDATE pushes SET state = 'retrying', next_attempt_at = $1, \
@@ -211,7 +211,7 @@ impl Store {
         ] {
             sqlx::query(free).bind(&self.node).execute(&mut *tx).await?;
         }
-        tx.commit().await?;
+        self.finish(tx, turn).await?;
         Ok(interrupted)
     }
 
@@ -223,7 +223,7 @@ impl Store {
         bucket: &str,
         key: &str,
     ) -> Result<(), StoreError> {
-        let _write = self.writing().await;
+        let turn = self.writing().await;
         sqlx::query(
             "INSERT INTO multipart_uploads (id, env, name, destination, bucket, object_key) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -236,6 +236,7 @@ impl Store {
         .bind(key)
         .execute(&self.pool)
         .await?;
+        self.written(turn).await?;
         Ok(())
     }
 
@@ -250,7 +251,7 @@ impl Store {
         bucket: &str,
         key: &str,
     ) -> Result<(), StoreError> {
-        let _write = self.writing().await;
+        let turn = self.writing().await;
         sqlx::query(
             "INSERT INTO multipart_uploads \
              (id, env, name, destination, bucket, object_key, target, node) \
@@ -266,27 +267,30 @@ impl Store {
         .bind(&self.node)
         .execute(&self.pool)
         .await?;
+        self.written(turn).await?;
         Ok(())
     }
 
     /// Records the upload id `CreateMultipartUpload` answered.
     pub async fn multipart_started(&self, id: &str, upload_id: &str) -> Result<(), StoreError> {
-        let _write = self.writing().await;
+        let turn = self.writing().await;
         sqlx::query("UPDATE multipart_uploads SET upload_id = $1 WHERE id = $2")
             .bind(upload_id)
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.written(turn).await?;
         Ok(())
     }
 
     /// Forgets a multipart upload (completed or aborted).
     pub async fn multipart_ended(&self, id: &str) -> Result<(), StoreError> {
-        let _write = self.writing().await;
+        let turn = self.writing().await;
         sqlx::query("DELETE FROM multipart_uploads WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.written(turn).await?;
         Ok(())
     }
 

@@ -21,7 +21,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let webhook_url = env.webhook.as_ref().map(|w| w.url.clone());
         let webhook_secret = env.webhook.as_ref().map(|w| w.secret.clone());
-        let _write = self.writing().await;
+        let turn = self.writing().await;
         sqlx::query(
             "INSERT INTO environments (name, account, region, complimentary, webhook_url, \
              webhook_secret, destinations, delete_after_days, updated_at) \
@@ -43,6 +43,7 @@ impl Store {
         .bind(now)
         .execute(&self.pool)
         .await?;
+        self.written(turn).await?;
         Ok(())
     }
 
@@ -86,7 +87,7 @@ impl Store {
         environment: &Environment,
         file: &FileRow,
     ) -> Result<Result<(), Refused>, StoreError> {
-        let (mut tx, _write) = self.begin().await?;
+        let (mut tx, turn) = self.begin().await?;
         // Inserted first: of two nodes receiving a new recording at once, the second waits
         // for the first's row and then reads it.
         sqlx::query(
@@ -115,7 +116,7 @@ impl Store {
         .bind(&file.sha256)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.finish(tx, turn).await?;
         Ok(Ok(()))
     }
 
@@ -173,7 +174,7 @@ impl Store {
         targets: &[(String, Target)],
         now: i64,
     ) -> Result<Result<RecordingState, Refused>, StoreError> {
-        let (mut tx, _write) = self.begin().await?;
+        let (mut tx, turn) = self.begin().await?;
         match recording_state(&mut tx, self.dialect, env, name).await? {
             None => return Ok(Err(Refused::NoFiles)),
             Some(RecordingState::Open) => {}
@@ -217,7 +218,7 @@ impl Store {
         .bind(name)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.finish(tx, turn).await?;
         Ok(Ok(state))
     }
 
@@ -287,7 +288,7 @@ impl Store {
         name: &str,
         now: i64,
     ) -> Result<Result<(), Refused>, StoreError> {
-        let (mut tx, _write) = self.begin().await?;
+        let (mut tx, turn) = self.begin().await?;
         let Some(row) = sqlx::query(&format!(
             "SELECT state, CAST(files_kept AS INTEGER) AS files_kept FROM recordings \
                  WHERE env = $1 AND name = $2{}",
@@ -322,18 +323,19 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         refresh_state(&mut tx, self.dialect, env, name).await?;
-        tx.commit().await?;
+        self.finish(tx, turn).await?;
         Ok(Ok(()))
     }
 
     /// Marks a recording's spool files gone (pushed everywhere, skipped, or past retention).
     pub async fn files_removed(&self, env: &str, name: &str) -> Result<(), StoreError> {
-        let _write = self.writing().await;
+        let turn = self.writing().await;
         sqlx::query("UPDATE recordings SET files_kept = FALSE WHERE env = $1 AND name = $2")
             .bind(env)
             .bind(name)
             .execute(&self.pool)
             .await?;
+        self.written(turn).await?;
         Ok(())
     }
 
