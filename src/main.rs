@@ -11,7 +11,9 @@ use s3edge::logging::LogFormat;
 
 /// mimalloc, measured with benches/load/load_fault.sh (10,000 connections, same machine):
 /// 5,470 vs 4,164 req/s with glibc, and RSS fell after a second round (1,230 MB) where
-/// glibc's climbed (1,473 MB).
+/// glibc's climbed (1,473 MB). The `system-allocator` feature builds with glibc's instead,
+/// for heap profilers (`heaptrack`) that see only malloc.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -150,7 +150,7 @@ key_prefix = "s3edge/"
 provider = "aws"
 credentials = { access_key_id = "BENCHKEY", secret_access_key = "bench-secret" }
 EOF
-RUST_LOG=warn "$bin" serve --config "$work/s3edge.toml" >"$work/s3edge-server.log" 2>&1 &
+RUST_LOG=${S3EDGE_LOG:-warn} "$bin" serve --config "$work/s3edge.toml" >"$work/s3edge-server.log" 2>&1 &
 s3edge_pid=$!
 pids+=($s3edge_pid)
 wait_port "$api_port"
@@ -194,6 +194,9 @@ run s3edge push_all
 grep "every file received" "$work/s3edge.log" || true
 if [ -n "${perf_pid:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; fi
 peak=$(grep VmHWM "/proc/$s3edge_pid/status" | awk '{print $2}')
+curl -sf "$api/metrics" | grep -E '^s3edge_push_(early|upload_duration_seconds_(sum|count))' || true
+# SERVER_LOG=FILE keeps the push server's log.
+[ -z "${SERVER_LOG:-}" ] || cp "$work/s3edge-server.log" "$SERVER_LOG"
 
 echo
 echo "uploader  seconds  MB/s  ratio-to-s5cmd  backend-ms-CPU/MiB  machine-ms-CPU/MiB"

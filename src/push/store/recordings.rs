@@ -246,18 +246,33 @@ impl Store {
         env: Option<&str>,
         limit: u32,
     ) -> Result<Vec<RecordingRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT env, name, account, region, state, committed_at, keep_until, CAST(files_kept AS INTEGER) AS files_kept, deleted_at, deleted_by \
-             FROM recordings WHERE state != 'open' AND ($1 IS NULL OR state = $2) \
-             AND ($3 IS NULL OR env = $4) ORDER BY committed_at DESC LIMIT $5",
-        )
-        .bind(state.map(RecordingState::as_str))
-        .bind(state.map(RecordingState::as_str))
-        .bind(env)
-        .bind(env)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        // Only the filters asked for are in the query, so an index serves them
+        // (`env` with `committed_at`; `state`): `$1 IS NULL OR …` would read every recording.
+        let mut sql = String::from(
+            "SELECT env, name, account, region, state, committed_at, keep_until, \
+             CAST(files_kept AS INTEGER) AS files_kept, deleted_at, deleted_by \
+             FROM recordings WHERE state != 'open'",
+        );
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if state.is_some() {
+            sql += &format!(" AND state = ${}", next());
+        }
+        if env.is_some() {
+            sql += &format!(" AND env = ${}", next());
+        }
+        sql += &format!(" ORDER BY committed_at DESC LIMIT ${}", next());
+        let mut query = sqlx::query(&sql);
+        if let Some(state) = state {
+            query = query.bind(state.as_str());
+        }
+        if let Some(env) = env {
+            query = query.bind(env);
+        }
+        let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
         Ok(rows.iter().map(recording_row).collect())
     }
 
