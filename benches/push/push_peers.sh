@@ -137,7 +137,7 @@ listen = "127.0.0.1:$api_port"
 spool = "$work/spool"
 concurrency = $PARALLEL
 multipart_threshold = "64MiB"
-part_size = "16MiB"
+part_size = "${PART_SIZE:-16MiB}"
 max_file_size = "2GiB"
 
 [regions.eu1]
