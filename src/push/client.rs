@@ -1,5 +1,7 @@
 //! A client of the push API for operators and scripts (`s3edge push …`) and benchmarks:
-//! files are streamed from disk with their `Content-Digest`, never read whole into memory.
+//! files are streamed from disk, never read whole into memory, and hashed while they are sent;
+//! an upload counts only if the service kept the bytes the file read as (its answer carries the
+//! SHA-256 it computed).
 
 use std::path::Path;
 
@@ -9,7 +11,8 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::io::AsyncReadExt;
+use sha2::Digest as _;
+use tokio::sync::{mpsc, oneshot};
 
 /// The API's answer: status and body.
 #[derive(Debug)]
@@ -69,37 +72,47 @@ impl PushClient {
                 .ok_or_else(|| format!("{}: no file name", file.display()))?
                 .to_string(),
         };
-        let digest = sha256_of(file)
-            .await
-            .map_err(|e| format!("{}: {e}", file.display()))?;
-        let length = tokio::fs::metadata(file)
-            .await
+        let opened = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let length = opened
+            .metadata()
             .map_err(|e| format!("{}: {e}", file.display()))?
             .len();
-        let handle = tokio::fs::File::open(file)
-            .await
-            .map_err(|e| format!("{}: {e}", file.display()))?;
-        let chunks = futures_util::stream::unfold(handle, |mut handle| async move {
-            let mut buf = vec![0u8; 256 * 1024];
-            match handle.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(http_body::Frame::data(Bytes::from(buf))), handle))
-                }
-                Err(e) => Some((Err(e), handle)),
-            }
+        let (blocks, read) = read_hashing(opened);
+        let chunks = futures_util::stream::unfold(blocks, |mut blocks| async move {
+            let block = blocks.recv().await?;
+            Some((block.map(http_body::Frame::data), blocks))
         });
         let body = BodyExt::boxed(StreamBody::new(chunks));
-        let header = format!("sha-256=:{digest}:");
         let length = length.to_string();
-        self.send(
-            Method::PUT,
-            &format!("/v1/recordings/{env}/{name}"),
-            body,
-            &[("content-digest", &header), ("content-length", &length)],
-        )
-        .await
+        let reply = self
+            .send(
+                Method::PUT,
+                &format!("/v1/recordings/{env}/{name}"),
+                body,
+                &[("content-length", &length)],
+            )
+            .await?;
+        if !reply.status.is_success() {
+            return Ok(reply);
+        }
+        // The whole file was sent (the service answered 201 to its last byte): what it kept
+        // must be what was read, or the file changed while it was sent.
+        let (bytes, sha256) = read
+            .await
+            .map_err(|_| format!("{}: the read ended early", file.display()))?;
+        let kept: serde_json::Value = serde_json::from_slice(&reply.body)
+            .map_err(|e| format!("{}: the service's answer: {e}", file.display()))?;
+        let sha256 = hex::encode(sha256);
+        if kept["bytes"].as_u64() != Some(bytes) || kept["sha256"].as_str() != Some(&sha256) {
+            return Err(format!(
+                "{}: read as {bytes} bytes with SHA-256 {sha256}, but the service kept {} bytes \
+                 with {}: the file changed while it was sent (PUT it again before the commit)",
+                file.display(),
+                kept["bytes"],
+                kept["sha256"]
+            ));
+        }
+        Ok(reply)
     }
 
     async fn send(
@@ -135,26 +148,72 @@ impl PushClient {
     }
 }
 
-/// The base64 SHA-256 of a file, read in blocks.
-async fn sha256_of(path: &Path) -> std::io::Result<String> {
-    use base64::Engine as _;
-    use sha2::Digest;
-    let path = path.to_path_buf();
-    let digest = tokio::task::spawn_blocking(move || {
+/// A file's blocks as they are read.
+type Blocks = mpsc::Receiver<std::io::Result<Bytes>>;
+
+/// Bytes read ahead of the socket, per file.
+const BLOCK: usize = 256 * 1024;
+
+/// Reads `file` on a blocking thread in blocks of [`BLOCK`], hashing them on the way: the
+/// blocks come out of the channel (a few ahead), the length and SHA-256 once the last was read.
+fn read_hashing(mut file: std::fs::File) -> (Blocks, oneshot::Receiver<(u64, [u8; 32])>) {
+    let (blocks, out) = mpsc::channel(4);
+    let (done, read) = oneshot::channel();
+    tokio::task::spawn_blocking(move || {
         use std::io::Read;
-        let mut file = std::fs::File::open(path)?;
         let mut hasher = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1024 * 1024];
+        let mut total = 0u64;
         loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
+            let mut block = bytes::BytesMut::zeroed(BLOCK);
+            match file.read(&mut block) {
+                Ok(0) => break,
+                Ok(n) => {
+                    block.truncate(n);
+                    hasher.update(&block);
+                    total += n as u64;
+                    // The request is gone (refused, cut): stop reading.
+                    if blocks.blocking_send(Ok(block.freeze())).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = blocks.blocking_send(Err(e));
+                    return;
+                }
             }
-            hasher.update(&buf[..n]);
         }
-        Ok::<_, std::io::Error>(hasher.finalize())
-    })
-    .await
-    .map_err(std::io::Error::other)??;
-    Ok(base64::engine::general_purpose::STANDARD.encode(digest))
+        let _ = done.send((total, hasher.finalize().into()));
+    });
+    (out, read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_is_read_whole_in_blocks_and_hashed_on_the_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        // Not a multiple of the block: the last block is short.
+        let data: Vec<u8> = (0..BLOCK * 2 + 12_345)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        std::fs::write(&path, &data).unwrap();
+        let (mut blocks, read) = read_hashing(std::fs::File::open(&path).unwrap());
+        let mut got = Vec::new();
+        let mut count = 0;
+        while let Some(block) = blocks.recv().await {
+            let block = block.unwrap();
+            assert!(block.len() <= BLOCK);
+            got.extend_from_slice(&block);
+            count += 1;
+        }
+        assert_eq!(got, data);
+        assert_eq!(count, 3);
+        let (bytes, sha) = read.await.unwrap();
+        assert_eq!(bytes, data.len() as u64);
+        assert_eq!(sha, <[u8; 32]>::from(sha2::Sha256::digest(&data)));
+    }
 }

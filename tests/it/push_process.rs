@@ -416,4 +416,21 @@ async fn the_cli_and_the_metrics_of_a_running_push_service() {
         assert!(Instant::now() < deadline, "rec-cli3 never pushed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A file that reads as other bytes than its size promised (it changed while it was sent;
+    // here a file of size 0 that reads as text): the service's answer shows it, the call
+    // fails and the recording is not committed.
+    let changing = dir.path().join("rec-cli4.jpg");
+    std::os::unix::fs::symlink("/proc/self/status", &changing).unwrap();
+    let changing = changing.display().to_string();
+    let (ok, out, err) = cli(&["put", "--env", "cli", "--commit", &changing]);
+    assert!(!ok, "{out}");
+    assert_eq!(out, "", "{out}");
+    assert!(err.contains("rec-cli4.jpg: read as "), "{err}");
+    assert!(err.contains("but the service kept 0 bytes"), "{err}");
+    assert!(err.contains("changed while it was sent"), "{err}");
+    let reply = within(client.call(Method::GET, "/v1/recordings/cli/rec-cli4", Bytes::new()))
+        .await
+        .unwrap();
+    let recording: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert!(recording["committed_at"].is_null(), "{recording}");
 }
