@@ -1,13 +1,19 @@
 //! The dispatcher: claims due pushes (the claim is committed before the attempt starts),
 //! runs at most `push.concurrency` attempts at once and at most half of them for any one
 //! destination (a slow customer bucket cannot starve the rest), records each outcome, queues
-//! webhooks, purges edges after a manual re-push, and releases spool files once every
-//! destination has them (or retention ended).
+//! webhooks, purges edges after a manual re-push; beside it the releaser removes spool files
+//! once every destination has them (or retention ended).
+//!
+//! Every step that commits a state change waits for the log to be synced; steps of different
+//! recordings run concurrently so that their commits share the syncs (a claim, an outcome and
+//! a release each cost a log sync, and one at a time they bounded a node to a few hundred
+//! small recordings a second).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tokio::sync::{Notify, Semaphore, watch};
 
 use super::model::{COMPLIMENTARY, RecordingState, Target, kind_of_suffix};
@@ -18,14 +24,25 @@ use super::urls::urls;
 use super::webhook::{Copied, EVENT, delivery_id};
 use super::{Shared, lock};
 
+/// A push by its row's key: recording and destination.
+type PushKey = (String, String, String);
+
 /// The dispatcher's own state.
 pub(super) struct Dispatcher {
     shared: Arc<Shared>,
     slots: Arc<Semaphore>,
     /// Attempts running per destination (fairness).
     running: Arc<Mutex<HashMap<String, usize>>>,
+    /// Pushes handed to an attempt that may not have claimed them yet: the next pass must
+    /// not start them twice.
+    started: Arc<Mutex<HashSet<PushKey>>>,
     per_destination: usize,
+    /// Wakes the releaser after attempts ended.
+    release: Arc<Notify>,
 }
+
+/// Spool releases (each a committed change and a directory removal) run this many at once.
+const RELEASES_AT_ONCE: usize = 16;
 
 impl Dispatcher {
     pub(super) fn new(shared: Arc<Shared>, concurrency: usize) -> Self {
@@ -33,16 +50,23 @@ impl Dispatcher {
             shared,
             slots: Arc::new(Semaphore::new(concurrency)),
             running: Arc::new(Mutex::new(HashMap::new())),
+            started: Arc::new(Mutex::new(HashSet::new())),
             per_destination: concurrency.div_ceil(2).max(1),
+            release: Arc::new(Notify::new()),
         }
     }
 
     /// Dispatches until `stop`, waking on `wake` (a commit, a finished attempt) or when the
-    /// next push is due.
+    /// next push is due; the releaser runs beside it.
     pub(super) async fn run(self, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+        tokio::spawn(release_spool(
+            self.shared.clone(),
+            self.release.clone(),
+            stop.clone(),
+        ));
         loop {
             self.dispatch().await;
-            self.release_spool().await;
+            self.release.notify_one();
             let wait = match self.shared.store.next_due().await {
                 Ok(Some(due)) => {
                     Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0).clamp(5, 1000))
@@ -57,6 +81,8 @@ impl Dispatcher {
         }
     }
 
+    /// Starts an attempt for each due push a slot is free for; each claims its push itself,
+    /// so that the claims' commits share log syncs.
     async fn dispatch(&self) {
         let free = self.slots.available_permits();
         if free == 0 {
@@ -71,51 +97,73 @@ impl Dispatcher {
             }
         };
         for push in due {
-            let key = fairness_key(&push);
-            if lock(&self.running).get(&key).copied().unwrap_or(0) >= self.per_destination {
+            let fairness = fairness_key(&push);
+            if lock(&self.running).get(&fairness).copied().unwrap_or(0) >= self.per_destination {
+                continue;
+            }
+            let key = (
+                push.env.clone(),
+                push.name.clone(),
+                push.destination.clone(),
+            );
+            if lock(&self.started).contains(&key) {
                 continue;
             }
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 break;
             };
-            let attempt = match self.shared.store.claim(&push).await {
-                Ok(Some(attempt)) => attempt,
-                Ok(None) => continue,
-                Err(error) => {
-                    tracing::warn!(%error, "push not claimed");
-                    continue;
-                }
-            };
-            *lock(&self.running).entry(key.clone()).or_default() += 1;
-            let shared = self.shared.clone();
-            let running = self.running.clone();
+            lock(&self.started).insert(key.clone());
+            *lock(&self.running).entry(fairness.clone()).or_default() += 1;
+            let (shared, running, started) = (
+                self.shared.clone(),
+                self.running.clone(),
+                self.started.clone(),
+            );
             tokio::spawn(async move {
-                attempt_push(&shared, &push, attempt).await;
-                if let Some(n) = lock(&running).get_mut(&key) {
+                match shared.store.claim(&push).await {
+                    Ok(Some(attempt)) => attempt_push(&shared, &push, attempt).await,
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(%error, "push not claimed"),
+                }
+                if let Some(n) = lock(&running).get_mut(&fairness) {
                     *n = n.saturating_sub(1);
                 }
+                lock(&started).remove(&key);
                 drop(permit);
                 shared.wake.notify_one();
             });
         }
     }
+}
 
-    /// Removes the spool files of recordings every destination has, skipped ones, and
-    /// failed ones past retention.
-    async fn release_spool(&self) {
-        let Ok(done) = self.shared.store.spool_releasable(now_ms()).await else {
-            return;
-        };
-        for (env, name) in done {
-            // Recorded first: from here on a manual push is refused, so nothing can start on
-            // files being deleted. A crash in between leaves files the next start removes.
-            if let Err(error) = self.shared.store.files_removed(&env, &name).await {
-                tracing::warn!(%error, %env, %name, "spool release not recorded");
-                continue;
-            }
-            if let Err(error) = self.shared.spool.remove(&env, &name).await {
-                tracing::warn!(%error, %env, %name, "spool files not removed");
-            }
+/// Removes the spool files of recordings every destination has, skipped ones, and failed
+/// ones past retention: after each dispatch pass, and every second (retention ends on its
+/// own), a few at once.
+async fn release_spool(shared: Arc<Shared>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Ok(done) = shared.store.spool_releasable(now_ms()).await {
+            futures_util::stream::iter(done)
+                .for_each_concurrent(RELEASES_AT_ONCE, |(env, name)| {
+                    let shared = &shared;
+                    async move {
+                        // Recorded first: from here on a manual push is refused, so nothing
+                        // can start on files being deleted. A crash in between leaves files
+                        // the next start removes.
+                        if let Err(error) = shared.store.files_removed(&env, &name).await {
+                            tracing::warn!(%error, %env, %name, "spool release not recorded");
+                            return;
+                        }
+                        if let Err(error) = shared.spool.remove(&env, &name).await {
+                            tracing::warn!(%error, %env, %name, "spool files not removed");
+                        }
+                    }
+                })
+                .await;
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
         }
     }
 }
@@ -206,50 +254,61 @@ async fn upload_all(shared: &Shared, push: &PushRow) -> Result<(), UploadError> 
         .await
         .map_err(io)?;
     let bucket = shared.uploader.bucket(&push.target).await?;
-    for file in &files {
-        let Some(kind) = kind_of_suffix(&file.suffix) else {
-            continue;
-        };
-        let path = shared.spool.path(&push.env, &push.name, &file.suffix);
-        let upload = FileUpload {
-            path: &path,
-            bytes: file.bytes,
-            sha256: &file.sha256,
-            kind,
-            key: bucket.key(&recording.account, &push.name, kind),
-            env: &push.env,
-        };
-        let started = Instant::now();
-        // A large file may have gone up while it arrived: then only its completion is left.
-        let early = match push.target {
-            Target::Complimentary { .. } if file.bytes >= shared.uploader.multipart_threshold() => {
-                super::early::EarlyUploads::finish(
-                    shared,
-                    (&push.env, &push.name, kind),
-                    &bucket,
-                    &upload.key,
-                    file.bytes,
-                )
-                .await
+    // The files go up together: a small recording's four PUTs take one round trip's time,
+    // not four (parts of large files share the uploader's bound on parts in flight).
+    let uploads = files.iter().filter_map(|file| {
+        let kind = kind_of_suffix(&file.suffix)?;
+        let (bucket, recording) = (&bucket, &recording);
+        Some(async move {
+            let path = shared.spool.path(&push.env, &push.name, &file.suffix);
+            let upload = FileUpload {
+                path: &path,
+                bytes: file.bytes,
+                sha256: &file.sha256,
+                kind,
+                key: bucket.key(&recording.account, &push.name, kind),
+                env: &push.env,
+            };
+            let started = Instant::now();
+            // A large file may have gone up while it arrived: then only its completion is left.
+            let early = match push.target {
+                Target::Complimentary { .. }
+                    if file.bytes >= shared.uploader.multipart_threshold() =>
+                {
+                    super::early::EarlyUploads::finish(
+                        shared,
+                        (&push.env, &push.name, kind),
+                        bucket,
+                        &upload.key,
+                        file.bytes,
+                    )
+                    .await
+                }
+                _ => None,
+            };
+            match early {
+                Some(done) => done?,
+                None => {
+                    shared
+                        .uploader
+                        .upload(bucket, &upload, push, &shared.store)
+                        .await?
+                }
             }
-            _ => None,
-        };
-        match early {
-            Some(done) => done?,
-            None => {
-                shared
-                    .uploader
-                    .upload(&bucket, &upload, push, &shared.store)
-                    .await?
-            }
-        }
-        shared.metrics.uploaded(
-            &push.destination,
-            file.bytes,
-            started.elapsed().as_secs_f64(),
-        );
-    }
-    Ok(())
+            shared.metrics.uploaded(
+                &push.destination,
+                file.bytes,
+                started.elapsed().as_secs_f64(),
+            );
+            Ok::<(), UploadError>(())
+        })
+    });
+    // Every upload runs to its end, even after another failed: one dropped halfway would
+    // leave its multipart upload open in the bucket.
+    futures_util::future::join_all(uploads)
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// A manual re-push overwrote objects the edges may hold: purge them there (queued first,
