@@ -10,7 +10,7 @@
 #   - s5cmd cp, rclone copy and aws s3 cp upload the folder;
 #   - s3edge: every file is PUT to the push API (streamed into the spool and fsync'd), each
 #     recording committed, and pushed (CLIENT=batch: one `s3edge push put --commit --parallel
-#     PARALLEL` for the folder; CLIENT=per-recording: one call per recording); the time runs
+#     CLI_PARALLEL` for the folder; CLIENT=per-recording: one call per recording); the time runs
 #     from the first PUT to the last `pushed`, so s3edge pays for receiving, fsync and every
 #     committed state change on top of the upload.
 # PERF_DATA=FILE records the push process with `perf` during its run.
@@ -20,7 +20,9 @@ set -euo pipefail
 RECORDINGS=${RECORDINGS:-200}
 BIG_FILES=${BIG_FILES:-3}
 BIG_SIZE=${BIG_SIZE:-1073741824}
-PARALLEL=${PARALLEL:-8}
+PARALLEL=${PARALLEL:-8}     # rclone's --transfers, and the push service's uploads in flight
+# Files s3edge's client sends at once (s5cmd sends up to 256 at once by default, aws 10).
+CLI_PARALLEL=${CLI_PARALLEL:-$PARALLEL}
 PEERS=${PEERS:-s5cmd rclone aws}   # the peers to run (s5cmd is the reference of the ratio)
 # s3edge's client: `batch` (one CLI call for the folder, as each peer gets it) or
 # `per-recording` (one CLI call per recording, PARALLEL at once).
@@ -165,11 +167,11 @@ push_all() {
   if [ "$CLIENT" = batch ]; then
     # One `s3edge push put --commit --parallel N` for the folder, as the peers get it: every
     # file streamed with its Content-Digest, each recording committed once its files are in.
-    "$BIN" push --url "$API" put --env bench --commit --parallel "$PARALLEL" "$src"/* >/dev/null
+    "$BIN" push --url "$API" put --env bench --commit --parallel "$CLI_PARALLEL" "$src"/* >/dev/null
   else
     # One `s3edge push put --commit` per recording, N at once, as processing servers call it.
     ls "$src" | sed -E 's/(_filmstrip\.jpg|_raw\.mp4|\.mp4|\.jpg)$//' | sort -u |
-      xargs -P "$PARALLEL" -I{} sh -c '
+      xargs -P "$CLI_PARALLEL" -I{} sh -c '
         set --
         for s in .mp4 .jpg _filmstrip.jpg _raw.mp4; do [ -f "$0$s" ] && set -- "$@" "$0$s"; done
         "$BIN" push --url "$API" put --env bench --commit "$@" >/dev/null' "$src/{}"

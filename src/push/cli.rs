@@ -213,7 +213,11 @@ fn recordings_of<'f>(
     Ok(recordings)
 }
 
-/// PUTs every file, at most `parallel` at once, and commits each recording whose files were
+/// Files at least this large are sent one at a time (the push service's default
+/// `multipart_threshold`: such a file goes up to the bucket while it arrives).
+const LARGE_FILE: u64 = 64 * 1024 * 1024;
+
+/// PUTs every file, at most `parallel` at once (large ones one at a time), and commits each recording whose files were
 /// all accepted (when `commit`). Each answer is printed as it comes, one JSON per line; the
 /// result says why the call failed, if it did.
 async fn put(
@@ -224,6 +228,7 @@ async fn put(
     parallel: usize,
 ) -> Option<String> {
     let slots = Semaphore::new(parallel);
+    let large_slot = Semaphore::new(1);
     let failed: Mutex<Option<String>> = Mutex::new(None);
     let fail = |why: String| {
         if let Ok(mut failed) = failed.lock() {
@@ -247,9 +252,17 @@ async fn put(
     };
     futures_util::stream::iter(recordings)
         .for_each_concurrent(parallel, |recording| {
-            let (slots, answered) = (&slots, &answered);
+            let (slots, large_slot, answered) = (&slots, &large_slot, &answered);
             async move {
                 let puts = recording.files.iter().map(|(path, upload)| async move {
+                    // Large files go one at a time: one already keeps the service busy, and
+                    // each is then complete (committed, pushed) as early as it can be,
+                    // instead of all of them at the end.
+                    let large = std::fs::metadata(path).is_ok_and(|m| m.len() >= LARGE_FILE);
+                    let _large = match large {
+                        true => large_slot.acquire().await.ok(),
+                        false => None,
+                    };
                     let Ok(_slot) = slots.acquire().await else {
                         return false;
                     };

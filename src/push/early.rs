@@ -19,11 +19,12 @@ use std::time::Duration;
 
 use aws_sdk_s3::types::CompletedPart;
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Notify, Semaphore, watch};
 
 use super::model::{Environment, Target};
 use super::spool::Arrival;
-use super::upload::{Bucket, FileUpload, OpenUpload, Owner, PARTS_IN_FLIGHT, UploadError, abort};
+use super::upload::{Bucket, FileUpload, OpenUpload, Owner, UploadError, abort};
 use super::{Shared, lock};
 use crate::route::FileKind;
 
@@ -354,28 +355,31 @@ impl Task {
     ) -> Result<Vec<CompletedPart>, UploadError> {
         let uploader = &self.shared.uploader;
         let count = uploader.part_count(self.declared);
-        let parts: Vec<CompletedPart> = futures_util::stream::iter(0..count)
-            .map(|i| {
-                let mut arrival = arrival.clone();
-                async move {
-                    let end = uploader.part_end(i, self.declared);
-                    let seen = arrival
-                        .wait_for(|a| !matches!(a, Arrival::Written(n) if *n < end))
-                        .await
-                        .map(|a| *a);
-                    match seen {
-                        Ok(Arrival::Written(_)) => {}
-                        Ok(Arrival::Kept(n)) if n == self.declared => {}
-                        _ => return Err(not_kept()),
+        // Parts are taken in order as they are written, and every written part waits for one
+        // of the uploader's slots (first come, first served): a file that arrives faster than
+        // the bucket takes it keeps its lead, so files finish (and complete) one after the
+        // other instead of all together at the end.
+        let mut sending = FuturesUnordered::new();
+        let mut parts = Vec::new();
+        for i in 0..count {
+            let end = uploader.part_end(i, self.declared);
+            loop {
+                tokio::select! {
+                    Some(sent) = sending.next(), if !sending.is_empty() => parts.push(sent?),
+                    seen = arrival.wait_for(|a| !matches!(a, Arrival::Written(n) if *n < end)) => {
+                        match seen.map(|a| *a) {
+                            Ok(Arrival::Written(_)) => break,
+                            Ok(Arrival::Kept(n)) if n == self.declared => break,
+                            _ => return Err(not_kept()),
+                        }
                     }
-                    uploader.send_part(bucket, file, &open.upload_id, i).await
                 }
-            })
-            .buffer_unordered(PARTS_IN_FLIGHT)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
+            }
+            sending.push(uploader.send_part(bucket, file, &open.upload_id, i));
+        }
+        while let Some(sent) = sending.next().await {
+            parts.push(sent?);
+        }
         let kept = arrival
             .wait_for(|a| !matches!(a, Arrival::Written(_)))
             .await
