@@ -1,7 +1,8 @@
 //! A client of the push API for operators and scripts (`s3edge push …`) and benchmarks:
-//! files are streamed from disk, never read whole into memory, and hashed while they are sent;
-//! an upload counts only if the service kept the bytes the file read as (its answer carries the
-//! SHA-256 it computed).
+//! files are streamed from disk, never read whole into memory, and checksummed while they are
+//! sent; an upload counts only if the service kept the bytes the file read as (its answer
+//! carries the size and CRC32C of what it kept: hardware CRC32C costs a fraction of SHA-256,
+//! which the service computes anyway for the API).
 
 use std::path::Path;
 
@@ -11,7 +12,6 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use sha2::Digest as _;
 use tokio::sync::{mpsc, oneshot};
 
 /// The API's answer: status and body.
@@ -97,19 +97,19 @@ impl PushClient {
         }
         // The whole file was sent (the service answered 201 to its last byte): what it kept
         // must be what was read, or the file changed while it was sent.
-        let (bytes, sha256) = read
+        let (bytes, crc32c) = read
             .await
             .map_err(|_| format!("{}: the read ended early", file.display()))?;
         let kept: serde_json::Value = serde_json::from_slice(&reply.body)
             .map_err(|e| format!("{}: the service's answer: {e}", file.display()))?;
-        let sha256 = hex::encode(sha256);
-        if kept["bytes"].as_u64() != Some(bytes) || kept["sha256"].as_str() != Some(&sha256) {
+        let crc32c = format!("{crc32c:08x}");
+        if kept["bytes"].as_u64() != Some(bytes) || kept["crc32c"].as_str() != Some(&crc32c) {
             return Err(format!(
-                "{}: read as {bytes} bytes with SHA-256 {sha256}, but the service kept {} bytes \
+                "{}: read as {bytes} bytes with CRC32C {crc32c}, but the service kept {} bytes \
                  with {}: the file changed while it was sent (PUT it again before the commit)",
                 file.display(),
                 kept["bytes"],
-                kept["sha256"]
+                kept["crc32c"]
             ));
         }
         Ok(reply)
@@ -154,14 +154,14 @@ type Blocks = mpsc::Receiver<std::io::Result<Bytes>>;
 /// Bytes read ahead of the socket, per file.
 const BLOCK: usize = 256 * 1024;
 
-/// Reads `file` on a blocking thread in blocks of [`BLOCK`], hashing them on the way: the
-/// blocks come out of the channel (a few ahead), the length and SHA-256 once the last was read.
-fn read_hashing(mut file: std::fs::File) -> (Blocks, oneshot::Receiver<(u64, [u8; 32])>) {
+/// Reads `file` on a blocking thread in blocks of [`BLOCK`], checksumming them on the way: the
+/// blocks come out of the channel (a few ahead), the length and CRC32C once the last was read.
+fn read_hashing(mut file: std::fs::File) -> (Blocks, oneshot::Receiver<(u64, u32)>) {
     let (blocks, out) = mpsc::channel(4);
     let (done, read) = oneshot::channel();
     tokio::task::spawn_blocking(move || {
         use std::io::Read;
-        let mut hasher = sha2::Sha256::new();
+        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
         let mut total = 0u64;
         loop {
             let mut block = bytes::BytesMut::zeroed(BLOCK);
@@ -169,7 +169,7 @@ fn read_hashing(mut file: std::fs::File) -> (Blocks, oneshot::Receiver<(u64, [u8
                 Ok(0) => break,
                 Ok(n) => {
                     block.truncate(n);
-                    hasher.update(&block);
+                    crc.update(&block);
                     total += n as u64;
                     // The request is gone (refused, cut): stop reading.
                     if blocks.blocking_send(Ok(block.freeze())).is_err() {
@@ -183,7 +183,8 @@ fn read_hashing(mut file: std::fs::File) -> (Blocks, oneshot::Receiver<(u64, [u8
                 }
             }
         }
-        let _ = done.send((total, hasher.finalize().into()));
+        // A CRC-32 is 32 bits wide.
+        let _ = done.send((total, crc.finalize() as u32));
     });
     (out, read)
 }
@@ -193,7 +194,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_file_is_read_whole_in_blocks_and_hashed_on_the_way() {
+    async fn a_file_is_read_whole_in_blocks_and_checksummed_on_the_way() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         // Not a multiple of the block: the last block is short.
@@ -212,8 +213,16 @@ mod tests {
         }
         assert_eq!(got, data);
         assert_eq!(count, 3);
-        let (bytes, sha) = read.await.unwrap();
+        let (bytes, crc) = read.await.unwrap();
         assert_eq!(bytes, data.len() as u64);
-        assert_eq!(sha, <[u8; 32]>::from(sha2::Sha256::digest(&data)));
+        // The CRC32C check value (RFC 3720 B.4): 32 bytes of zeros.
+        assert_eq!(
+            crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &[0u8; 32]),
+            0x8a91_36aa
+        );
+        assert_eq!(
+            u64::from(crc),
+            crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &data)
+        );
     }
 }

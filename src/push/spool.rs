@@ -45,6 +45,16 @@ impl Incoming {
     }
 }
 
+/// A file received and kept: its row, and the CRC32C of its bytes (which a client that
+/// hashed the file as it sent it compares with its own, at a fraction of SHA-256's cost).
+#[derive(Debug)]
+pub struct Received {
+    /// Suffix, size and SHA-256.
+    pub row: FileRow,
+    /// CRC32C (Castagnoli) of the bytes.
+    pub crc32c: u32,
+}
+
 /// How far a file being received is, for an early upload reading it as it arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrival {
@@ -152,7 +162,7 @@ impl Spool {
         max_bytes: u64,
         digest: Option<[u8; 32]>,
         progress: Option<tokio::sync::watch::Sender<Arrival>>,
-    ) -> Result<FileRow, SpoolError>
+    ) -> Result<Received, SpoolError>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
@@ -161,6 +171,7 @@ impl Spool {
         let result = async {
             let mut writer = BlockWriter::new(file, progress.as_ref());
             let mut hasher = Sha256::new();
+            let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
             let mut bytes = 0u64;
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| SpoolError::Body(e.to_string()))?;
@@ -172,6 +183,7 @@ impl Spool {
                     return Err(SpoolError::TooLarge(max_bytes));
                 }
                 hasher.update(&data);
+                crc.update(&data);
                 writer.push(&data).await?;
             }
             writer.finish().await?;
@@ -179,11 +191,12 @@ impl Spool {
             if digest.is_some_and(|d| d != sha) {
                 return Err(SpoolError::DigestMismatch);
             }
-            Ok((bytes, sha))
+            // A CRC-32 is 32 bits wide.
+            Ok((bytes, sha, crc.finalize() as u32))
         }
         .await;
         let kept = async {
-            let (bytes, sha) = result?;
+            let (bytes, sha, crc32c) = result?;
             let dir = self.dir(env, name);
             let (from, to) = (tmp.clone(), self.path(env, name, suffix));
             // One trip to the blocking pool: the rename is durable only once the directories
@@ -199,17 +212,20 @@ impl Spool {
             })
             .await
             .map_err(std::io::Error::other)??;
-            Ok(FileRow {
-                suffix: suffix.to_string(),
-                bytes,
-                sha256: hex::encode(sha),
+            Ok(Received {
+                row: FileRow {
+                    suffix: suffix.to_string(),
+                    bytes,
+                    sha256: hex::encode(sha),
+                },
+                crc32c,
             })
         }
         .await;
         match &kept {
-            Ok(row) => {
+            Ok(received) => {
                 if let Some(p) = &progress {
-                    p.send_replace(Arrival::Kept(row.bytes));
+                    p.send_replace(Arrival::Kept(received.row.bytes));
                 }
             }
             Err(_) => {
@@ -489,7 +505,7 @@ mod tests {
         let (progress, mut seen) = tokio::sync::watch::channel(Arrival::Written(0));
         let incoming = spool.incoming(true).await.unwrap();
         let link = incoming.link().unwrap().to_path_buf();
-        let row = spool
+        let received = spool
             .receive(
                 incoming,
                 ("env", "rec", "_raw.mp4"),
@@ -504,8 +520,10 @@ mod tests {
         // The second name is the same file, after the rename too.
         assert!(std::fs::read(&link).unwrap() == whole, "the link differs");
         std::fs::remove_file(&link).unwrap();
-        assert_eq!(row.bytes, whole.len() as u64);
-        assert_eq!(row.sha256, hex::encode(sha));
+        assert_eq!(received.row.bytes, whole.len() as u64);
+        assert_eq!(received.row.sha256, hex::encode(sha));
+        let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &whole);
+        assert_eq!(u64::from(received.crc32c), crc);
         let kept = std::fs::read(spool.path("env", "rec", "_raw.mp4")).unwrap();
         assert!(kept == whole, "the spool file differs from the body");
 

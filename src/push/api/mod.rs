@@ -321,7 +321,7 @@ async fn put_file(
         })?;
     match shared
         .store
-        .receive_file(env_name, name, &env, &received)
+        .receive_file(env_name, name, &env, &received.row)
         .await?
     {
         Ok(()) => Ok(json_response(
@@ -330,8 +330,9 @@ async fn put_file(
                 "env": env_name,
                 "name": name,
                 "file": file,
-                "bytes": received.bytes,
-                "sha256": received.sha256,
+                "bytes": received.row.bytes,
+                "sha256": received.row.sha256,
+                "crc32c": format!("{:08x}", received.crc32c),
             }),
         )),
         Err(refused) => {
