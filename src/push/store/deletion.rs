@@ -168,6 +168,18 @@ impl Store {
     /// Claims tombstones whose objects may still be in a bucket, oldest first: leased to this
     /// node until `now + LEASE`, so no other node deletes them meanwhile.
     pub async fn objects_pending(&self, now: i64, limit: u32) -> Result<Vec<Doomed>, StoreError> {
+        // Polled every second: a read first, so that an idle node never writes.
+        let any = sqlx::query(
+            "SELECT 1 AS x FROM recordings WHERE objects_deleted = FALSE AND state = 'deleted' \
+             AND (objects_lease_until IS NULL OR objects_lease_until <= $1) LIMIT 1",
+        )
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
+        let turn = self.writing().await;
         let rows = sqlx::query(&format!(
             "UPDATE recordings SET objects_lease_until = $3, objects_leased_by = $4 \
              WHERE (env, name) IN \
@@ -182,6 +194,7 @@ impl Store {
         .bind(&self.node)
         .fetch_all(&self.pool)
         .await?;
+        drop(turn);
         let mut rows = rows;
         rows.sort_by_key(|r| r.get::<Option<i64>, _>("deleted_at"));
         Ok(rows
@@ -425,6 +438,19 @@ impl Store {
     /// Claims the jobs not finished (resumed after a restart) that no other node holds: each
     /// is this node's until `now + LEASE`, renewed on every pass.
     pub async fn running_jobs(&self, now: i64) -> Result<Vec<JobRow>, StoreError> {
+        // Polled every second: a read first, so that an idle node never writes.
+        let any = sqlx::query(
+            "SELECT 1 AS x FROM delete_jobs WHERE state = 'running' AND (leased_by = $1 \
+             OR lease_until IS NULL OR lease_until <= $2) LIMIT 1",
+        )
+        .bind(&self.node)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
+        let turn = self.writing().await;
         let rows = sqlx::query(&format!(
             "UPDATE delete_jobs SET leased_by = $1, lease_until = $3 WHERE id IN \
              (SELECT id FROM delete_jobs WHERE state = 'running' AND (leased_by = $1 \
@@ -437,6 +463,7 @@ impl Store {
         .bind(now + super::lease_ms())
         .fetch_all(&self.pool)
         .await?;
+        drop(turn);
         let mut jobs: Vec<JobRow> = rows.iter().map(job_row).collect();
         jobs.sort_by_key(|j| j.created_at);
         Ok(jobs)

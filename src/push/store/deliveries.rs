@@ -8,6 +8,21 @@ impl Store {
     /// Claims deliveries due at `now` for this node: leased until `now + LEASE`, so no other
     /// node sends them meanwhile.
     pub async fn due_deliveries(&self, now: i64) -> Result<Vec<DeliveryRow>, StoreError> {
+        // Polled every 250 ms: a read first, so that an idle node never writes (nor takes the
+        // write lock from the writers).
+        let any = sqlx::query(
+            "SELECT 1 AS x FROM deliveries WHERE state = 'pending' AND next_attempt_at <= $1 \
+             AND (lease_until IS NULL OR lease_until <= $1) LIMIT 1",
+        )
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
+        // A lease needs no sync of its own (after a crash it is taken again), but the write
+        // takes its turn with the other writers.
+        let turn = self.writing().await;
         let rows = sqlx::query(&format!(
             "UPDATE deliveries SET leased_by = $2, lease_until = $3 WHERE id IN \
              (SELECT id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= $1 \
@@ -21,6 +36,7 @@ impl Store {
         .bind(now + lease_ms())
         .fetch_all(&self.pool)
         .await?;
+        drop(turn);
         Ok(rows
             .iter()
             .map(|r| DeliveryRow {
