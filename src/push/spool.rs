@@ -3,7 +3,10 @@
 //! its directory fsync'd before the upload is acknowledged; a file that fails its
 //! `Content-Digest` or its size limit is never kept.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -11,6 +14,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 
+use super::lock;
 use super::store::FileRow;
 
 /// Why a received file was not kept.
@@ -70,6 +74,11 @@ pub enum Arrival {
 #[derive(Debug, Clone)]
 pub struct Spool {
     root: PathBuf,
+    /// Directories whose own entry in their parent this process has synced: a recording's
+    /// second file needs only its directory synced, not the environment's too.
+    durable: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Directory syncs made for received files (tests count them).
+    dir_syncs: Arc<AtomicU64>,
 }
 
 /// Writes are gathered to this size before each write to the file.
@@ -86,6 +95,8 @@ impl Spool {
         tokio::fs::create_dir_all(&tmp).await?;
         Ok(Spool {
             root: root.to_path_buf(),
+            durable: Arc::default(),
+            dir_syncs: Arc::default(),
         })
     }
 
@@ -199,16 +210,28 @@ impl Spool {
             let (bytes, sha, crc32c) = result?;
             let dir = self.dir(env, name);
             let (from, to) = (tmp.clone(), self.path(env, name, suffix));
+            let (durable, files) = (self.durable.clone(), self.root.join("files"));
+            let syncs = self.dir_syncs.clone();
             // One trip to the blocking pool: the rename is durable only once the directories
-            // holding it are.
+            // holding it are, up to the first one whose entry is known to be (a directory
+            // counts as known only once a sync of its parent finished).
             tokio::task::spawn_blocking(move || {
                 std::fs::create_dir_all(&dir)?;
                 std::fs::rename(&from, &to)?;
                 std::fs::File::open(&dir)?.sync_all()?;
-                match dir.parent() {
-                    Some(parent) => std::fs::File::open(parent)?.sync_all(),
-                    None => Ok(()),
+                syncs.fetch_add(1, Ordering::Relaxed);
+                let mut synced = dir.as_path();
+                while !lock(&durable).contains(synced) {
+                    let Some(parent) = synced.parent() else { break };
+                    std::fs::File::open(parent)?.sync_all()?;
+                    syncs.fetch_add(1, Ordering::Relaxed);
+                    lock(&durable).insert(synced.to_path_buf());
+                    if parent == files {
+                        break;
+                    }
+                    synced = parent;
                 }
+                Ok::<_, std::io::Error>(())
             })
             .await
             .map_err(std::io::Error::other)??;
@@ -241,6 +264,8 @@ impl Spool {
     /// Removes a recording's files.
     pub async fn remove(&self, env: &str, name: &str) -> std::io::Result<()> {
         let dir = self.dir(env, name);
+        // Forgotten first: a directory made again afterwards has its entry synced again.
+        lock(&self.durable).remove(&dir);
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -478,6 +503,46 @@ mod tests {
         assert!(content_digest("sha-256=abc").is_err());
         assert!(content_digest("sha-256=:AAAA:").is_err());
         assert!(content_digest("garbage").is_err());
+    }
+
+    /// A received file's name is durable: its directory is synced, and each parent up to
+    /// `files/` whose entry for it is not yet known to be (a new environment's too); a
+    /// recording's next file syncs only its own directory, until the recording is removed.
+    #[tokio::test]
+    async fn directories_are_synced_up_to_the_first_durable_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).await.unwrap();
+        let put = |name: &'static str, suffix: &'static str| {
+            let spool = spool.clone();
+            async move {
+                let body = http_body_util::Full::new(Bytes::from_static(b"bytes"));
+                spool
+                    .receive(
+                        spool.incoming(false).await.unwrap(),
+                        ("env", name, suffix),
+                        body,
+                        u64::MAX,
+                        None,
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                spool.dir_syncs.load(Ordering::Relaxed)
+            }
+        };
+        // New environment, new recording: the recording's, the environment's and `files/`.
+        assert_eq!(put("a", ".jpg").await, 3);
+        // The same recording: its own directory only.
+        assert_eq!(put("a", ".mp4").await, 4);
+        // Another recording of the environment: its directory and the environment's.
+        assert_eq!(put("b", ".jpg").await, 6);
+        // Removed, then received again: its entry in the environment is synced again.
+        spool.remove("env", "a").await.unwrap();
+        assert_eq!(put("a", ".jpg").await, 8);
+        assert_eq!(
+            std::fs::read(spool.path("env", "a", ".jpg")).unwrap(),
+            b"bytes"
+        );
     }
 
     /// A file long enough for early syncs lands whole, hashed and in order, and a wrong
