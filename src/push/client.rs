@@ -97,11 +97,21 @@ impl PushClient {
         }
         // The whole file was sent (the service answered 201 to its last byte): what it kept
         // must be what was read, or the file changed while it was sent.
-        let (bytes, crc32c) = read
+        let read = read
             .await
             .map_err(|_| format!("{}: the read ended early", file.display()))?;
         let kept: serde_json::Value = serde_json::from_slice(&reply.body)
             .map_err(|e| format!("{}: the service's answer: {e}", file.display()))?;
+        let ReadEnd::Whole(bytes, crc32c) = read else {
+            // The request took the `Content-Length` it announced and dropped the rest.
+            return Err(format!(
+                "{}: the file grew past the {length} bytes it had when its upload started, \
+                 but the service kept {} bytes: the file changed while it was sent (PUT it \
+                 again before the commit)",
+                file.display(),
+                kept["bytes"]
+            ));
+        };
         let crc32c = format!("{crc32c:08x}");
         if kept["bytes"].as_u64() != Some(bytes) || kept["crc32c"].as_str() != Some(&crc32c) {
             return Err(format!(
@@ -151,12 +161,22 @@ impl PushClient {
 /// A file's blocks as they are read.
 type Blocks = mpsc::Receiver<std::io::Result<Bytes>>;
 
+/// How the read of a file sent as a body ended.
+#[derive(Debug, PartialEq, Eq)]
+enum ReadEnd {
+    /// To its end: its length and CRC32C.
+    Whole(u64, u32),
+    /// The body was dropped before the end: the request is over (answered, or it took all
+    /// the bytes it announced and the file had more).
+    Cut,
+}
+
 /// Bytes read ahead of the socket, per file.
 const BLOCK: usize = 256 * 1024;
 
 /// Reads `file` on a blocking thread in blocks of [`BLOCK`], checksumming them on the way: the
 /// blocks come out of the channel (a few ahead), the length and CRC32C once the last was read.
-fn read_hashing(mut file: std::fs::File) -> (Blocks, oneshot::Receiver<(u64, u32)>) {
+fn read_hashing(mut file: std::fs::File) -> (Blocks, oneshot::Receiver<ReadEnd>) {
     let (blocks, out) = mpsc::channel(4);
     let (done, read) = oneshot::channel();
     tokio::task::spawn_blocking(move || {
@@ -171,8 +191,9 @@ fn read_hashing(mut file: std::fs::File) -> (Blocks, oneshot::Receiver<(u64, u32
                     block.truncate(n);
                     crc.update(&block);
                     total += n as u64;
-                    // The request is gone (refused, cut): stop reading.
+                    // The request is over: stop reading.
                     if blocks.blocking_send(Ok(block.freeze())).is_err() {
+                        let _ = done.send(ReadEnd::Cut);
                         return;
                     }
                 }
@@ -184,7 +205,7 @@ fn read_hashing(mut file: std::fs::File) -> (Blocks, oneshot::Receiver<(u64, u32
             }
         }
         // A CRC-32 is 32 bits wide.
-        let _ = done.send((total, crc.finalize() as u32));
+        let _ = done.send(ReadEnd::Whole(total, crc.finalize() as u32));
     });
     (out, read)
 }
@@ -192,6 +213,16 @@ fn read_hashing(mut file: std::fs::File) -> (Blocks, oneshot::Receiver<(u64, u32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_read_whose_body_is_dropped_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; BLOCK * 8]).unwrap();
+        let (blocks, read) = read_hashing(std::fs::File::open(&path).unwrap());
+        drop(blocks);
+        assert_eq!(read.await.unwrap(), ReadEnd::Cut);
+    }
 
     #[tokio::test]
     async fn a_file_is_read_whole_in_blocks_and_checksummed_on_the_way() {
@@ -213,7 +244,9 @@ mod tests {
         }
         assert_eq!(got, data);
         assert_eq!(count, 3);
-        let (bytes, crc) = read.await.unwrap();
+        let ReadEnd::Whole(bytes, crc) = read.await.unwrap() else {
+            panic!("not read whole");
+        };
         assert_eq!(bytes, data.len() as u64);
         // The CRC32C check value (RFC 3720 B.4): 32 bytes of zeros.
         assert_eq!(
