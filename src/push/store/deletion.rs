@@ -169,14 +169,11 @@ impl Store {
     /// node until `now + LEASE`, so no other node deletes them meanwhile.
     pub async fn objects_pending(&self, now: i64, limit: u32) -> Result<Vec<Doomed>, StoreError> {
         // Polled every second: a read first, so that an idle node never writes.
-        let any = sqlx::query(
+        let due = sqlx::query(
             "SELECT 1 AS x FROM recordings WHERE objects_deleted = FALSE AND state = 'deleted' \
              AND (objects_lease_until IS NULL OR objects_lease_until <= $1) LIMIT 1",
-        )
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        if any.is_none() {
+        );
+        if !self.finds(due.bind(now)).await? {
             return Ok(Vec::new());
         }
         let turn = self.writing().await;
@@ -439,15 +436,11 @@ impl Store {
     /// is this node's until `now + LEASE`, renewed on every pass.
     pub async fn running_jobs(&self, now: i64) -> Result<Vec<JobRow>, StoreError> {
         // Polled every second: a read first, so that an idle node never writes.
-        let any = sqlx::query(
+        let due = sqlx::query(
             "SELECT 1 AS x FROM delete_jobs WHERE state = 'running' AND (leased_by = $1 \
              OR lease_until IS NULL OR lease_until <= $2) LIMIT 1",
-        )
-        .bind(&self.node)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        if any.is_none() {
+        );
+        if !self.finds(due.bind(&self.node).bind(now)).await? {
             return Ok(Vec::new());
         }
         let turn = self.writing().await;
@@ -471,14 +464,11 @@ impl Store {
 
     /// Whether any tombstone of `env` still waits for its objects to leave the bucket.
     pub async fn objects_pending_in(&self, env: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query(
+        let pending = sqlx::query(
             "SELECT 1 AS x FROM recordings WHERE env = $1 AND state = 'deleted' \
              AND objects_deleted = FALSE LIMIT 1",
-        )
-        .bind(env)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.is_some())
+        );
+        self.finds(pending.bind(env)).await
     }
 
     /// A job is complete.

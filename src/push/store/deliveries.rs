@@ -10,14 +10,11 @@ impl Store {
     pub async fn due_deliveries(&self, now: i64) -> Result<Vec<DeliveryRow>, StoreError> {
         // Polled every 250 ms: a read first, so that an idle node never writes (nor takes the
         // write lock from the writers).
-        let any = sqlx::query(
+        let due = sqlx::query(
             "SELECT 1 AS x FROM deliveries WHERE state = 'pending' AND next_attempt_at <= $1 \
              AND (lease_until IS NULL OR lease_until <= $1) LIMIT 1",
-        )
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        if any.is_none() {
+        );
+        if !self.finds(due.bind(now)).await? {
             return Ok(Vec::new());
         }
         // A lease needs no sync of its own (after a crash it is taken again), but the write

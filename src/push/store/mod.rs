@@ -346,6 +346,12 @@ impl Store {
         Ok((self.pool.begin_with(self.dialect.begin()).await?, writing))
     }
 
+    /// Whether a read finds a row. The pollers ask it before they claim anything, so that an
+    /// idle node never writes nor takes the write lock from the writers.
+    async fn finds(&self, query: AnyQuery<'_>) -> Result<bool, StoreError> {
+        Ok(query.fetch_optional(&self.pool).await?.is_some())
+    }
+
     /// This process's turn to write (SQLite; nothing to wait for on PostgreSQL). Never
     /// taken twice by one task: a writing method calls no other writing method.
     async fn writing(&self) -> Writing<'_> {
@@ -396,6 +402,9 @@ impl Store {
         Ok(())
     }
 }
+
+/// A query of either driver, its values bound.
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
 
 /// A turn to write, given back when dropped.
 type Writing<'a> = Option<tokio::sync::MutexGuard<'a, ()>>;
