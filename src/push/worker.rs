@@ -120,17 +120,27 @@ impl Dispatcher {
                 self.started.clone(),
             );
             tokio::spawn(async move {
-                match shared.store.claim(&push).await {
-                    Ok(Some(attempt)) => attempt_push(&shared, &push, attempt).await,
-                    Ok(None) => {}
-                    Err(error) => tracing::warn!(%error, "push not claimed"),
-                }
+                let ran = match shared.store.claim(&push).await {
+                    Ok(Some(attempt)) => {
+                        attempt_push(&shared, &push, attempt).await;
+                        true
+                    }
+                    Ok(None) => false,
+                    Err(error) => {
+                        tracing::warn!(%error, "push not claimed");
+                        false
+                    }
+                };
                 if let Some(n) = lock(&running).get_mut(&fairness) {
                     *n = n.saturating_sub(1);
                 }
                 lock(&started).remove(&key);
                 drop(permit);
-                shared.wake.notify_one();
+                // A claim that failed (a full disk refuses writes, not reads) waits for the
+                // next pass instead of waking the dispatcher into the same failure at once.
+                if ran {
+                    shared.wake.notify_one();
+                }
             });
         }
     }
