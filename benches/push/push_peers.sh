@@ -166,7 +166,8 @@ push_all() {
   push_start=$(date +%s.%N)
   if [ "$CLIENT" = batch ]; then
     # One `s3edge push put --commit --parallel N` for the folder, as the peers get it: every
-    # file streamed with its Content-Digest, each recording committed once its files are in.
+    # file read once and checked against the size and CRC32C the service kept, each recording
+    # committed once its files are in.
     "$BIN" push --url "$API" put --env bench --commit --parallel "$CLI_PARALLEL" "$src"/* >/dev/null
   else
     # One `s3edge push put --commit` per recording, N at once, as processing servers call it.
