@@ -217,9 +217,9 @@ fn recordings_of<'f>(
 /// `multipart_threshold`: such a file goes up to the bucket while it arrives).
 const LARGE_FILE: u64 = 64 * 1024 * 1024;
 
-/// PUTs every file, at most `parallel` at once (large ones one at a time), and commits each recording whose files were
-/// all accepted (when `commit`). Each answer is printed as it comes, one JSON per line; the
-/// result says why the call failed, if it did.
+/// PUTs every file, at most `parallel` at once (large ones one at a time), and commits each
+/// recording whose files were all accepted (when `commit`). Each answer is printed as it
+/// comes, one JSON per line; the result says why the call failed, if it did.
 async fn put(
     client: &PushClient,
     env: &str,
@@ -259,9 +259,10 @@ async fn put(
                     // each is then complete (committed, pushed) as early as it can be,
                     // instead of all of them at the end.
                     let large = std::fs::metadata(path).is_ok_and(|m| m.len() >= LARGE_FILE);
-                    let _large = match large {
-                        true => large_slot.acquire().await.ok(),
-                        false => None,
+                    let _large = if large {
+                        large_slot.acquire().await.ok()
+                    } else {
+                        None
                     };
                     let Ok(_slot) = slots.acquire().await else {
                         return false;
