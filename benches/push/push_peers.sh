@@ -136,7 +136,7 @@ api_port=$(free_port)
 cat >"$work/s3edge.toml" <<EOF
 [push]
 listen = "127.0.0.1:$api_port"
-spool = "$work/spool"
+spool = "${SPOOL_DIR:-$work/spool}"
 concurrency = $PARALLEL
 multipart_threshold = "64MiB"
 part_size = "${PART_SIZE:-16MiB}"

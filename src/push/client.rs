@@ -14,6 +14,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, oneshot};
 
+use super::source::Source;
+
 /// The API's answer: status and body.
 #[derive(Debug)]
 pub struct Reply {
@@ -77,7 +79,7 @@ impl PushClient {
             .metadata()
             .map_err(|e| format!("{}: {e}", file.display()))?
             .len();
-        let (blocks, read) = read_hashing(opened);
+        let (blocks, read) = read_hashing(opened, length);
         let chunks = futures_util::stream::unfold(blocks, |mut blocks| async move {
             let block = blocks.recv().await?;
             Some((block.map(http_body::Frame::data), blocks))
@@ -171,33 +173,36 @@ enum ReadEnd {
     Cut,
 }
 
-/// Bytes read ahead of the socket, per file.
-const BLOCK: usize = 256 * 1024;
+/// Bytes read at once: the CLI sends one large file at a time, and direct reads of this size
+/// run at 450 MB/s on the bench machine's disk (256 KiB: about half that).
+const BLOCK: usize = 1024 * 1024;
 
-/// Reads `file` on a blocking thread in blocks of [`BLOCK`], checksumming them on the way: the
-/// blocks come out of the channel (a few ahead), the length and CRC32C once the last was read.
-fn read_hashing(mut file: std::fs::File) -> (Blocks, oneshot::Receiver<ReadEnd>) {
+/// Reads `file` on a blocking thread in blocks of at most [`BLOCK`] (past the page cache, see
+/// [`Source`]), checksumming them on the way: the blocks come out of the channel (a few
+/// ahead), the length and CRC32C once the last was read.
+fn read_hashing(file: std::fs::File, length: u64) -> (Blocks, oneshot::Receiver<ReadEnd>) {
     let (blocks, out) = mpsc::channel(4);
     let (done, read) = oneshot::channel();
     tokio::task::spawn_blocking(move || {
-        use std::io::Read;
+        let mut source = Source::new(file);
         let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
         let mut total = 0u64;
         loop {
-            let mut block = bytes::BytesMut::zeroed(BLOCK);
-            match file.read(&mut block) {
-                Ok(0) => break,
-                Ok(n) => {
-                    block.truncate(n);
+            // A block no larger than what is left (a snapshot is one small read); past the
+            // announced length, a small one is enough to see that the file grew.
+            let left = usize::try_from(length.saturating_sub(total)).unwrap_or(BLOCK);
+            let want = if left == 0 { 4096 } else { left.min(BLOCK) };
+            match source.next_block(want) {
+                Ok((block, _)) if block.is_empty() => break,
+                Ok((block, _)) => {
                     crc.update(&block);
-                    total += n as u64;
+                    total += block.len() as u64;
                     // The request is over: stop reading.
-                    if blocks.blocking_send(Ok(block.freeze())).is_err() {
+                    if blocks.blocking_send(Ok(block)).is_err() {
                         let _ = done.send(ReadEnd::Cut);
                         return;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let _ = blocks.blocking_send(Err(e));
                     return;
@@ -219,7 +224,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, vec![7u8; BLOCK * 8]).unwrap();
-        let (blocks, read) = read_hashing(std::fs::File::open(&path).unwrap());
+        let len = (BLOCK * 8) as u64;
+        let (blocks, read) = read_hashing(std::fs::File::open(&path).unwrap(), len);
         drop(blocks);
         assert_eq!(read.await.unwrap(), ReadEnd::Cut);
     }
@@ -233,7 +239,8 @@ mod tests {
             .map(|i| (i * 7 % 251) as u8)
             .collect();
         std::fs::write(&path, &data).unwrap();
-        let (mut blocks, read) = read_hashing(std::fs::File::open(&path).unwrap());
+        let len = data.len() as u64;
+        let (mut blocks, read) = read_hashing(std::fs::File::open(&path).unwrap(), len);
         let mut got = Vec::new();
         let mut count = 0;
         while let Some(block) = blocks.recv().await {

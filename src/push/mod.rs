@@ -27,6 +27,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod schedule;
+mod source;
 pub mod spool;
 pub mod store;
 pub mod upload;
