@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, oneshot};
 
-use super::source::Source;
+use super::source::{Pumped, Source};
 
 /// The API's answer: status and body.
 #[derive(Debug)]
@@ -173,10 +173,6 @@ enum ReadEnd {
     Cut,
 }
 
-/// Bytes read at once: the CLI sends one large file at a time, and direct reads of this size
-/// run at 450 MB/s on the bench machine's disk (256 KiB: about half that).
-const BLOCK: usize = 1024 * 1024;
-
 /// Reads `file` on a blocking thread in blocks of at most [`BLOCK`] (past the page cache, see
 /// [`Source`]), checksumming them on the way: the blocks come out of the channel (a few
 /// ahead), the length and CRC32C once the last was read.
@@ -184,39 +180,22 @@ fn read_hashing(file: std::fs::File, length: u64) -> (Blocks, oneshot::Receiver<
     let (blocks, out) = mpsc::channel(4);
     let (done, read) = oneshot::channel();
     tokio::task::spawn_blocking(move || {
-        let mut source = Source::new(file);
         let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-        let mut total = 0u64;
-        loop {
-            // A block no larger than what is left (a snapshot is one small read); past the
-            // announced length, a small one is enough to see that the file grew.
-            let left = usize::try_from(length.saturating_sub(total)).unwrap_or(BLOCK);
-            let want = if left == 0 { 4096 } else { left.min(BLOCK) };
-            match source.next_block(want) {
-                Ok((block, _)) if block.is_empty() => break,
-                Ok((block, _)) => {
-                    crc.update(&block);
-                    total += block.len() as u64;
-                    // The request is over: stop reading.
-                    if blocks.blocking_send(Ok(block)).is_err() {
-                        let _ = done.send(ReadEnd::Cut);
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = blocks.blocking_send(Err(e));
-                    return;
-                }
-            }
-        }
-        // A CRC-32 is 32 bits wide.
-        let _ = done.send(ReadEnd::Whole(total, crc.finalize() as u32));
+        let end = Source::new(file).pump(length, true, &blocks, |block| crc.update(block));
+        let _ = match end {
+            // A CRC-32 is 32 bits wide.
+            Pumped::End(total) => done.send(ReadEnd::Whole(total, crc.finalize() as u32)),
+            Pumped::Cut => done.send(ReadEnd::Cut),
+            // The error went to the body.
+            Pumped::Failed => Ok(()),
+        };
     });
     (out, read)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::source::BLOCK;
     use super::*;
 
     #[tokio::test]

@@ -16,7 +16,6 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::ProvideErrorMetadata;
-use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier,
     ServerSideEncryption, StorageClass,
@@ -24,9 +23,9 @@ use aws_sdk_s3::types::{
 use base64::Engine as _;
 use futures_util::StreamExt;
 
-use super::lock;
 use super::model::Target;
 use super::store::{PushRow, Store};
+use super::{lock, source, spool};
 use crate::config::{Addressing, Config, CredentialSource, RegionConfig};
 use crate::policy;
 use crate::route::FileKind;
@@ -209,12 +208,9 @@ impl Uploader {
 
     async fn put(&self, bucket: &Bucket, file: &FileUpload<'_>) -> Result<(), UploadError> {
         let sha = hex::decode(file.sha256).map_err(|e| UploadError::new("Io", e.to_string()))?;
-        let body = ByteStream::read_from()
-            .path(file.path)
-            .buffer_size(read_buffer(file.bytes))
-            .build()
-            .await
-            .map_err(|e| UploadError::new("Io", e.to_string()))?;
+        // Past the page cache, unless the spool wrote the file there.
+        let direct = !spool::written_cached(file.bytes);
+        let body = source::byte_stream(file.path.to_path_buf(), 0, file.bytes, direct);
         let mut request = bucket
             .client
             .put_object()
@@ -422,14 +418,7 @@ impl Uploader {
         let offset = i * self.part_size;
         let length = self.part_end(i, file.bytes) - offset;
         let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
-        let body = ByteStream::read_from()
-            .path(file.path)
-            .offset(offset)
-            .length(Length::Exact(length))
-            .buffer_size(read_buffer(length))
-            .build()
-            .await
-            .map_err(|e| UploadError::new("Io", e.to_string()))?;
+        let body = source::byte_stream(file.path.to_path_buf(), offset, length, true);
         // The SDK computes the part's CRC32C while it sends and puts it in a trailer: one
         // read of the part, no hashing pass before it.
         let sent = bucket
@@ -803,10 +792,6 @@ where
 }
 
 /// Reads from the spool in blocks of 256 KiB, or the file's size when smaller.
-fn read_buffer(bytes: u64) -> usize {
-    usize::try_from(bytes.clamp(4096, 256 * 1024)).unwrap_or(256 * 1024)
-}
-
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
