@@ -110,6 +110,8 @@ impl Source {
     pub(super) fn next_block(&mut self, max: usize) -> io::Result<(Bytes, Read)> {
         let mut block = aligned(max);
         let (n, how) = self.read(&mut block)?;
+        // The block was rounded up to the alignment: no more than asked for.
+        let n = n.min(max);
         block.truncate(n);
         self.pos += n as u64;
         Ok((block.freeze(), how))
@@ -165,28 +167,44 @@ pub(super) enum Pumped {
 }
 
 /// `length` bytes of the file at `path` from `offset`, as a request body the SDK can send
-/// again on a retry; each sending reads the file anew on a blocking thread (direct reads if
-/// `direct`: see the module's note).
+/// again on a retry; each sending reads the file anew on a blocking thread once it is first
+/// polled (the SDK keeps a clone of every request for a retry: it reads nothing), with direct
+/// reads if `direct` (see the module's note).
 pub(super) fn byte_stream(path: PathBuf, offset: u64, length: u64, direct: bool) -> ByteStream {
     ByteStream::new(SdkBody::retryable(move || {
-        let (tx, rx) = mpsc::channel(4);
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || match File::open(&path) {
-            Ok(file) => {
-                Source::at(file, offset, direct).pump(length, false, &tx, |_| {});
-            }
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-            }
-        });
-        SdkBody::from_body_1_x(Blocks { rx, left: length })
+        SdkBody::from_body_1_x(Blocks {
+            rx: None,
+            from: Some((path.clone(), offset, direct)),
+            left: length,
+        })
     }))
 }
 
 /// A body of the blocks a [`Source::pump`] sends, of a known length.
 struct Blocks {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
+    rx: Option<mpsc::Receiver<io::Result<Bytes>>>,
+    /// Where to read from, until the first poll starts the reader.
+    from: Option<(PathBuf, u64, bool)>,
     left: u64,
+}
+
+impl Blocks {
+    fn start(&mut self) -> &mut mpsc::Receiver<io::Result<Bytes>> {
+        let (path, offset, direct) = self.from.take().unwrap_or_default();
+        let length = self.left;
+        self.rx.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(4);
+            tokio::task::spawn_blocking(move || match File::open(&path) {
+                Ok(file) => {
+                    Source::at(file, offset, direct).pump(length, false, &tx, |_| {});
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                }
+            });
+            rx
+        })
+    }
 }
 
 impl http_body::Body for Blocks {
@@ -197,7 +215,7 @@ impl http_body::Body for Blocks {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        match self.rx.poll_recv(cx) {
+        match self.start().poll_recv(cx) {
             Poll::Ready(Some(Ok(block))) => {
                 self.left = self.left.saturating_sub(block.len() as u64);
                 Poll::Ready(Some(Ok(Frame::data(block))))
@@ -311,6 +329,29 @@ mod tests {
                 "a direct read fills no page cache"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_is_the_range_asked_for_and_can_be_sent_again() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..3 * ALIGN + 100).map(|i| (i % 241) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        // An aligned start and a length that is not (a part of 5,000,000 bytes, say): the last
+        // block is cut to it although the file goes on.
+        for direct in [true, false] {
+            let stream = byte_stream(path.clone(), ALIGN as u64, 5_000, direct);
+            let body = stream.into_inner();
+            assert_eq!(body.content_length(), Some(5_000));
+            let again = body.try_clone().expect("retryable");
+            for body in [body, again] {
+                let got = ByteStream::new(body).collect().await.unwrap().into_bytes();
+                assert_eq!(&got[..], &data[ALIGN..ALIGN + 5_000]);
+            }
+        }
+        // A file shorter than the length: an error, not a short body.
+        let short = byte_stream(path.clone(), 0, data.len() as u64 + 1, true);
+        assert!(short.collect().await.is_err());
     }
 
     #[test]
