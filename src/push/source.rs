@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 /// What direct reads align to (offset, length and memory): the largest logical block size a
 /// disk has.
-pub(super) const ALIGN: usize = 4096;
+const ALIGN: usize = 4096;
 
 /// Bytes read at once: direct reads of this size run at 450 MB/s on the bench machine's disk
 /// (256 KiB: about half that).
@@ -168,13 +168,14 @@ pub(super) enum Pumped {
 
 /// `length` bytes of the file at `path` from `offset`, as a request body the SDK can send
 /// again on a retry; each sending reads the file anew on a blocking thread once it is first
-/// polled (the SDK keeps a clone of every request for a retry: it reads nothing), with direct
-/// reads if `direct` (see the module's note).
-pub(super) fn byte_stream(path: PathBuf, offset: u64, length: u64, direct: bool) -> ByteStream {
+/// polled (the SDK keeps a clone of every request for a retry: it reads nothing). A spool
+/// file is read through the page cache: it was just written there (writing it past the cache
+/// too made the disk the bottleneck of the push bench, see the README).
+pub(super) fn byte_stream(path: PathBuf, offset: u64, length: u64) -> ByteStream {
     ByteStream::new(SdkBody::retryable(move || {
         SdkBody::from_body_1_x(Blocks {
             rx: None,
-            from: Some((path.clone(), offset, direct)),
+            from: Some((path.clone(), offset)),
             left: length,
         })
     }))
@@ -184,19 +185,19 @@ pub(super) fn byte_stream(path: PathBuf, offset: u64, length: u64, direct: bool)
 struct Blocks {
     rx: Option<mpsc::Receiver<io::Result<Bytes>>>,
     /// Where to read from, until the first poll starts the reader.
-    from: Option<(PathBuf, u64, bool)>,
+    from: Option<(PathBuf, u64)>,
     left: u64,
 }
 
 impl Blocks {
     fn start(&mut self) -> &mut mpsc::Receiver<io::Result<Bytes>> {
-        let (path, offset, direct) = self.from.take().unwrap_or_default();
+        let (path, offset) = self.from.take().unwrap_or_default();
         let length = self.left;
         self.rx.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(4);
             tokio::task::spawn_blocking(move || match File::open(&path) {
                 Ok(file) => {
-                    Source::at(file, offset, direct).pump(length, false, &tx, |_| {});
+                    Source::at(file, offset, false).pump(length, false, &tx, |_| {});
                 }
                 Err(e) => {
                     let _ = tx.blocking_send(Err(e));
@@ -237,7 +238,7 @@ impl http_body::Body for Blocks {
 
 /// Sets or clears `O_DIRECT` on `file`'s open file description (and so on every descriptor
 /// duplicated from it).
-pub(super) fn set_direct(file: &File, on: bool) -> io::Result<()> {
+fn set_direct(file: &File, on: bool) -> io::Result<()> {
     let flags = rustix::fs::fcntl_getfl(file)?;
     let flags = if on {
         flags | OFlags::DIRECT
@@ -249,7 +250,7 @@ pub(super) fn set_direct(file: &File, on: bool) -> io::Result<()> {
 
 /// A zeroed block of `len` bytes (rounded up to [`ALIGN`]) whose memory starts at a multiple
 /// of [`ALIGN`], as direct reads need.
-pub(super) fn aligned(len: usize) -> BytesMut {
+fn aligned(len: usize) -> BytesMut {
     let len = len.max(1).div_ceil(ALIGN) * ALIGN;
     let mut block = BytesMut::zeroed(len + ALIGN);
     let skip = block.as_ptr().align_offset(ALIGN).min(ALIGN);
@@ -260,7 +261,7 @@ pub(super) fn aligned(len: usize) -> BytesMut {
 
 /// Bytes of `path` in the page cache, from util-linux's `fincore` (None without it).
 #[cfg(test)]
-pub(super) fn cached_bytes(path: &std::path::Path) -> Option<u64> {
+fn cached_bytes(path: &std::path::Path) -> Option<u64> {
     let out = std::process::Command::new("fincore")
         .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
         .arg(path)
@@ -339,18 +340,16 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         // An aligned start and a length that is not (a part of 5,000,000 bytes, say): the last
         // block is cut to it although the file goes on.
-        for direct in [true, false] {
-            let stream = byte_stream(path.clone(), ALIGN as u64, 5_000, direct);
-            let body = stream.into_inner();
-            assert_eq!(body.content_length(), Some(5_000));
-            let again = body.try_clone().expect("retryable");
-            for body in [body, again] {
-                let got = ByteStream::new(body).collect().await.unwrap().into_bytes();
-                assert_eq!(&got[..], &data[ALIGN..ALIGN + 5_000]);
-            }
+        let stream = byte_stream(path.clone(), ALIGN as u64, 5_000);
+        let body = stream.into_inner();
+        assert_eq!(body.content_length(), Some(5_000));
+        let again = body.try_clone().expect("retryable");
+        for body in [body, again] {
+            let got = ByteStream::new(body).collect().await.unwrap().into_bytes();
+            assert_eq!(&got[..], &data[ALIGN..ALIGN + 5_000]);
         }
         // A file shorter than the length: an error, not a short body.
-        let short = byte_stream(path.clone(), 0, data.len() as u64 + 1, true);
+        let short = byte_stream(path.clone(), 0, data.len() as u64 + 1);
         assert!(short.collect().await.is_err());
     }
 

@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::Body;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 
+use super::lock;
 use super::store::FileRow;
-use super::{lock, source};
 
 /// Why a received file was not kept.
 #[derive(Debug, thiserror::Error)]
@@ -83,12 +83,6 @@ pub struct Spool {
 
 /// Writes are gathered to this size before each write to the file.
 const WRITE_BUFFER: usize = 1024 * 1024;
-
-/// Whether a kept file of `bytes` was written through the page cache (and is likely still
-/// there); larger ones were written past it (see [`BlockWriter`]).
-pub fn written_cached(bytes: u64) -> bool {
-    bytes < WRITE_BUFFER as u64
-}
 
 impl Spool {
     /// Creates `files/` and `tmp/` under `root` (a leftover `tmp/` from a crash is emptied).
@@ -320,23 +314,14 @@ impl Spool {
 /// written while the next fills (two buffers, reused), then `fsync`s it. The buffers grow as
 /// data comes: a 10 KB snapshot costs 10 KB, not two blocks.
 ///
-/// Whole blocks after the first go to the disk with `O_DIRECT`, from buffers aligned for it:
-/// a file's pages would otherwise be new page-cache memory that is never read from there
-/// again (the upload reads the file past the page cache too, see `source`), and on a VM that
-/// hands freed memory back to its host a new page costs far more than the copy into it (on
-/// the bench machine, writing 1 GiB through the page cache took 2.1–2.3 s of CPU with a sync
-/// every 16 MiB, and 0.12–0.18 s with `O_DIRECT`). The first block (its buffer grew as it
-/// filled) and the last (a short one) are written through the page cache; a file system
-/// without direct writes (tmpfs) gets every block that way.
-///
 /// Every [`SYNC_EVERY`] bytes a `fdatasync` of what is written so far starts beside the
 /// writes (on a second descriptor), so the disk works while the body is still arriving: with
 /// plenty of RAM the kernel would otherwise hold a 1 GiB file dirty until the final `fsync`,
 /// and the client would wait for all of it to be written only after its last byte (4.6 s per
 /// GiB on the bench machine's disk, with the disk idle during the transfer before).
 struct BlockWriter<'p> {
-    filling: BytesMut,
-    idle: Option<(Target, BytesMut)>,
+    filling: Vec<u8>,
+    idle: Option<(std::fs::File, Vec<u8>)>,
     writing: Option<tokio::task::JoinHandle<Written>>,
     /// A second descriptor of the file, for the early syncs (`None` while one runs).
     syncer: Option<std::fs::File>,
@@ -351,118 +336,42 @@ struct BlockWriter<'p> {
 /// An early `fdatasync` starts after this many bytes are written (see [`BlockWriter`]).
 const SYNC_EVERY: usize = 32 * 1024 * 1024;
 
-/// The file being written, and how.
-struct Target {
-    file: std::fs::File,
-    /// Its `O_DIRECT` flag is set.
-    direct_on: bool,
-    /// Direct writes work on its file system.
-    direct: bool,
-    /// Where the next write goes.
-    at: u64,
-}
-
-impl Target {
-    /// Writes `block` at the end of what is written, directly if the block, its memory and
-    /// its offset are aligned for it.
-    fn write(&mut self, block: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        let aligned = |n: usize| n.is_multiple_of(source::ALIGN);
-        let direct = self.direct
-            && aligned(block.len())
-            && aligned(block.as_ptr() as usize)
-            && self.at.is_multiple_of(source::ALIGN as u64);
-        if direct && self.set_direct(true).is_ok() {
-            match self.file.write(block) {
-                Ok(n) if n == block.len() => {
-                    self.at += n as u64;
-                    return Ok(());
-                }
-                // A short direct write (not seen in practice): the rest through the page
-                // cache, and direct writes no more (the offset is unaligned from here).
-                Ok(n) => {
-                    self.at += n as u64;
-                    self.direct = false;
-                    return self.write(&block[n..]);
-                }
-                // Refused (EINVAL: an alignment the disk does not take): nothing was written.
-                Err(_) => self.direct = false,
-            }
-        }
-        self.set_direct(false)?;
-        self.file.write_all(block)?;
-        self.at += block.len() as u64;
-        Ok(())
-    }
-
-    fn set_direct(&mut self, on: bool) -> std::io::Result<()> {
-        if self.direct_on == on {
-            return Ok(());
-        }
-        if let Err(e) = source::set_direct(&self.file, on) {
-            self.direct = false;
-            return Err(e);
-        }
-        self.direct_on = on;
-        Ok(())
-    }
-}
-
 /// A file and its spare buffer, back from a block write.
-type Written = std::io::Result<(Target, BytesMut)>;
+type Written = std::io::Result<(std::fs::File, Vec<u8>)>;
 
 impl<'p> BlockWriter<'p> {
     fn new(file: std::fs::File, progress: Option<&'p tokio::sync::watch::Sender<Arrival>>) -> Self {
         BlockWriter {
             written: 0,
             progress,
-            filling: BytesMut::new(),
+            filling: Vec::new(),
             // Without a second descriptor the file is only synced at the end, as before.
             syncer: file.try_clone().ok(),
-            idle: Some((
-                Target {
-                    file,
-                    direct_on: false,
-                    direct: true,
-                    at: 0,
-                },
-                BytesMut::new(),
-            )),
+            idle: Some((file, Vec::new())),
             writing: None,
             syncing: None,
             unsynced: 0,
         }
     }
 
-    async fn push(&mut self, mut data: &[u8]) -> std::io::Result<()> {
-        // Blocks of exactly WRITE_BUFFER bytes, so that they can be written directly.
-        while !data.is_empty() {
-            let take = (WRITE_BUFFER - self.filling.len()).min(data.len());
-            self.filling.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.filling.len() == WRITE_BUFFER {
-                self.flush().await?;
-            }
+    async fn push(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.filling.extend_from_slice(data);
+        if self.filling.len() >= WRITE_BUFFER {
+            self.flush().await?;
         }
         Ok(())
     }
 
     /// Hands the filled block to the blocking pool once the previous write is done.
     async fn flush(&mut self) -> std::io::Result<()> {
-        let (mut target, mut spare) = self.wait().await?;
+        let (mut file, mut spare) = self.wait().await?;
         spare.clear();
-        // The buffer that grew with the first block is not aligned: an aligned one instead.
-        if spare.capacity() < WRITE_BUFFER
-            || !(spare.as_ptr() as usize).is_multiple_of(source::ALIGN)
-        {
-            spare = source::aligned(WRITE_BUFFER);
-            spare.clear();
-        }
         let block = std::mem::replace(&mut self.filling, spare);
         self.unsynced += block.len();
         self.writing = Some(tokio::task::spawn_blocking(move || {
-            target.write(&block)?;
-            Ok((target, block))
+            use std::io::Write;
+            file.write_all(&block)?;
+            Ok((file, block))
         }));
         self.sync_early().await
     }
@@ -495,12 +404,12 @@ impl<'p> BlockWriter<'p> {
     async fn wait(&mut self) -> Written {
         match (self.writing.take(), self.idle.take()) {
             (Some(handle), _) => {
-                let (target, block) = handle.await.map_err(std::io::Error::other)??;
+                let (file, block) = handle.await.map_err(std::io::Error::other)??;
                 self.written += block.len() as u64;
                 if let Some(progress) = self.progress {
                     progress.send_replace(Arrival::Written(self.written));
                 }
-                Ok((target, block))
+                Ok((file, block))
             }
             (None, Some(idle)) => Ok(idle),
             (None, None) => Err(std::io::Error::other("spool writer used after an error")),
@@ -510,14 +419,15 @@ impl<'p> BlockWriter<'p> {
     /// Writes what is left and `fsync`s the file, in one trip to the blocking pool (a small
     /// file makes no other).
     async fn finish(mut self) -> std::io::Result<()> {
-        let (mut target, _) = self.wait().await?;
+        let (mut file, _) = self.wait().await?;
         // An early sync's error is the file's error too (the page may be lost).
         self.wait_sync().await?;
         let last = std::mem::take(&mut self.filling);
         let length = last.len() as u64;
         tokio::task::spawn_blocking(move || {
-            target.write(&last)?;
-            target.file.sync_all()
+            use std::io::Write;
+            file.write_all(&last)?;
+            file.sync_all()
         })
         .await
         .map_err(std::io::Error::other)??;
@@ -639,8 +549,7 @@ mod tests {
     /// digest still keeps nothing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_synced_while_it_arrives_is_whole() {
-        // On a disk (/tmp may be a tmpfs, which takes no direct writes).
-        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).await.unwrap();
         // 40 MiB and a bit in uneven frames: an early sync and a short last block.
         let frames: Vec<Bytes> = (0..(40 * 1024 + 3) as u32)
@@ -673,11 +582,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(*seen.borrow_and_update(), Arrival::Kept(whole.len() as u64));
-        // Whole blocks after the first went past the page cache: the first and the short
-        // last one are all it holds of the file.
-        if let Some(cached) = source::cached_bytes(&link) {
-            assert!(cached <= 2 * WRITE_BUFFER as u64, "{cached} bytes cached");
-        }
         // The second name is the same file, after the rename too.
         assert!(std::fs::read(&link).unwrap() == whole, "the link differs");
         std::fs::remove_file(&link).unwrap();
@@ -685,8 +589,7 @@ mod tests {
         assert_eq!(received.row.sha256, hex::encode(sha));
         let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &whole);
         assert_eq!(u64::from(received.crc32c), crc);
-        let path = spool.path("env", "rec", "_raw.mp4");
-        let kept = std::fs::read(&path).unwrap();
+        let kept = std::fs::read(spool.path("env", "rec", "_raw.mp4")).unwrap();
         assert!(kept == whole, "the spool file differs from the body");
 
         let mut wrong = sha;

@@ -25,7 +25,7 @@ use futures_util::StreamExt;
 
 use super::model::Target;
 use super::store::{PushRow, Store};
-use super::{lock, source, spool};
+use super::{lock, source};
 use crate::config::{Addressing, Config, CredentialSource, RegionConfig};
 use crate::policy;
 use crate::route::FileKind;
@@ -208,9 +208,7 @@ impl Uploader {
 
     async fn put(&self, bucket: &Bucket, file: &FileUpload<'_>) -> Result<(), UploadError> {
         let sha = hex::decode(file.sha256).map_err(|e| UploadError::new("Io", e.to_string()))?;
-        // Past the page cache, unless the spool wrote the file there.
-        let direct = !spool::written_cached(file.bytes);
-        let body = source::byte_stream(file.path.to_path_buf(), 0, file.bytes, direct);
+        let body = source::byte_stream(file.path.to_path_buf(), 0, file.bytes);
         let mut request = bucket
             .client
             .put_object()
@@ -418,7 +416,7 @@ impl Uploader {
         let offset = i * self.part_size;
         let length = self.part_end(i, file.bytes) - offset;
         let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
-        let body = source::byte_stream(file.path.to_path_buf(), offset, length, true);
+        let body = source::byte_stream(file.path.to_path_buf(), offset, length);
         // The SDK computes the part's CRC32C while it sends and puts it in a trailer: one
         // read of the part, no hashing pass before it.
         let sent = bucket
