@@ -23,7 +23,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Notify, Semaphore, watch};
 
 use super::model::{Environment, Target};
-use super::spool::Arrival;
+use super::spool::{self, Arrival};
 use super::upload::{Bucket, FileUpload, OpenUpload, Owner, UploadError, abort};
 use super::{Shared, lock};
 use crate::route::FileKind;
@@ -375,7 +375,18 @@ impl Task {
                     }
                 }
             }
-            sending.push(uploader.send_part(bucket, file, &open.upload_id, i));
+            let start = if i == 0 {
+                0
+            } else {
+                uploader.part_end(i - 1, self.declared)
+            };
+            sending.push(async move {
+                let sent = uploader.send_part(bucket, file, &open.upload_id, i).await;
+                if sent.is_ok() {
+                    spool::uncache(file.path, start, end).await;
+                }
+                sent
+            });
         }
         while let Some(sent) = sending.next().await {
             parts.push(sent?);

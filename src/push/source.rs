@@ -27,9 +27,13 @@ use tokio::sync::mpsc;
 /// disk has.
 const ALIGN: usize = 4096;
 
-/// Bytes read at once: direct reads of this size run at 450 MB/s on the bench machine's disk
-/// (256 KiB: about half that).
+/// Bytes read at once with direct reads: at this size they run at 450 MB/s on the bench
+/// machine's disk (256 KiB: about half that).
 pub(super) const BLOCK: usize = 1024 * 1024;
+
+/// Bytes read at once from the page cache: what is held ahead of the socket is 4 blocks per
+/// file, and a spool upload has `push.concurrency` files (or parts) in flight.
+const CACHED_BLOCK: usize = 256 * 1024;
 
 /// How a block was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,14 +83,15 @@ impl Source {
         mut seen: impl FnMut(&[u8]),
     ) -> Pumped {
         let mut total = 0u64;
+        let most = if self.direct { BLOCK } else { CACHED_BLOCK };
         loop {
-            let left = usize::try_from(limit.saturating_sub(total)).unwrap_or(BLOCK);
+            let left = usize::try_from(limit.saturating_sub(total)).unwrap_or(most);
             // A block no larger than what is left (a snapshot is one small read); past the
             // limit, a small one is enough to see that there is more.
             let want = match (left, past) {
                 (0, false) => return Pumped::End(total),
                 (0, true) => ALIGN,
-                _ => left.min(BLOCK),
+                _ => left.min(most),
             };
             match self.next_block(want) {
                 Ok((block, _)) if block.is_empty() => return Pumped::End(total),
@@ -261,7 +266,7 @@ fn aligned(len: usize) -> BytesMut {
 
 /// Bytes of `path` in the page cache, from util-linux's `fincore` (None without it).
 #[cfg(test)]
-fn cached_bytes(path: &std::path::Path) -> Option<u64> {
+pub(super) fn cached_bytes(path: &std::path::Path) -> Option<u64> {
     let out = std::process::Command::new("fincore")
         .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
         .arg(path)

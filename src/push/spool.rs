@@ -439,6 +439,34 @@ impl<'p> BlockWriter<'p> {
     }
 }
 
+/// Drops bytes `start..end` of a spool file from the page cache once they are on the disk:
+/// a part that went up early is not read again (a retry reads it from the disk), and pages
+/// freed while the file still arrives are reused by its next writes, where new ones would
+/// each cost a fault, and on a VM that hands freed memory back to its host, far more (on the
+/// bench machine, writing 1 GiB with a sync every 16 MiB took 2.1–2.3 s of CPU; dropping each
+/// 16 MiB after its sync, 0.6–0.67 s). Advisory: a failure changes nothing but the cost.
+pub async fn uncache(path: &Path, start: u64, end: u64) {
+    let path = path.to_path_buf();
+    let dropped = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let file = std::fs::File::open(&path)?;
+        // Dirty or in-writeback pages are not dropped: write them first.
+        file.sync_data()?;
+        let Some(length) = std::num::NonZeroU64::new(end.saturating_sub(start)) else {
+            return Ok(());
+        };
+        Ok(rustix::fs::fadvise(
+            &file,
+            start,
+            Some(length),
+            rustix::fs::Advice::DontNeed,
+        )?)
+    })
+    .await;
+    if let Ok(Err(error)) = dropped {
+        tracing::debug!(%error, "a sent part stays in the page cache");
+    }
+}
+
 async fn sync_dir(dir: &Path) -> std::io::Result<()> {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
@@ -543,6 +571,31 @@ mod tests {
             std::fs::read(spool.path("env", "a", ".jpg")).unwrap(),
             b"bytes"
         );
+    }
+
+    /// A sent range leaves the page cache, written first (dirty pages would stay), and the
+    /// rest of the file stays.
+    #[tokio::test]
+    async fn a_sent_range_leaves_the_page_cache() {
+        // On a disk (a tmpfs file's pages are the file).
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let path = dir.path().join("f");
+        // Page-cache folios go up to 2 MiB, and only whole ones are dropped (parts are 16 MiB
+        // at 16 MiB offsets): a range of whole 2 MiB.
+        let two = 2 * 1024 * 1024;
+        std::fs::write(&path, vec![5u8; 4 * two]).unwrap();
+        let cached = || super::super::source::cached_bytes(&path);
+        let Some(before) = cached() else {
+            eprintln!("no fincore here: nothing to check");
+            return;
+        };
+        assert_eq!(before, 4 * two as u64, "just written, so cached");
+        uncache(&path, two as u64, 3 * two as u64).await;
+        assert_eq!(cached(), Some(2 * two as u64));
+        // An empty range drops nothing.
+        uncache(&path, 0, 0).await;
+        assert_eq!(cached(), Some(2 * two as u64));
+        assert_eq!(std::fs::read(&path).unwrap(), vec![5u8; 4 * two]);
     }
 
     /// A file long enough for early syncs lands whole, hashed and in order, and a wrong
