@@ -14,6 +14,7 @@
 #     from the first PUT to the last `pushed`, so s3edge pays for receiving, fsync and every
 #     committed state change on top of the upload.
 # PERF_DATA=FILE records the push process with `perf` during its run.
+# SPOOL_DIR=DIR puts the push service's spool there (/dev/shm/spool: no disk under it).
 # Reported: seconds and MB/s per uploader, the ratio to s5cmd, and s3edge's peak RSS.
 set -euo pipefail
 
