@@ -173,7 +173,7 @@ enum ReadEnd {
     Cut,
 }
 
-/// Reads `file` on a blocking thread in blocks of at most [`BLOCK`] (past the page cache, see
+/// Reads `file` on a blocking thread in blocks of at most 1 MiB (past the page cache, see
 /// [`Source`]), checksumming them on the way: the blocks come out of the channel (a few
 /// ahead), the length and CRC32C once the last was read.
 fn read_hashing(file: std::fs::File, length: u64) -> (Blocks, oneshot::Receiver<ReadEnd>) {
