@@ -13,13 +13,8 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use aws_sdk_s3::primitives::{ByteStream, SdkBody};
 use bytes::{Bytes, BytesMut};
-use http_body::{Frame, SizeHint};
 use rustix::fs::OFlags;
 use tokio::sync::mpsc;
 
@@ -30,10 +25,6 @@ const ALIGN: usize = 4096;
 /// Bytes read at once with direct reads: at this size they run at 450 MB/s on the bench
 /// machine's disk (256 KiB: about half that).
 pub(super) const BLOCK: usize = 1024 * 1024;
-
-/// Bytes read at once from the page cache: what is held ahead of the socket is 4 blocks per
-/// file, and a spool upload has `push.concurrency` files (or parts) in flight.
-const CACHED_BLOCK: usize = 256 * 1024;
 
 /// How a block was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,16 +50,11 @@ pub(super) struct Source {
 impl Source {
     /// Reads `file` from its start.
     pub(super) fn new(file: File) -> Source {
-        Source::at(file, 0, true)
-    }
-
-    /// Reads `file` from `offset`, with direct reads if `direct`.
-    pub(super) fn at(file: File, offset: u64, direct: bool) -> Source {
         Source {
             file,
-            pos: offset,
+            pos: 0,
             direct_on: false,
-            direct,
+            direct: true,
         }
     }
 
@@ -83,15 +69,14 @@ impl Source {
         mut seen: impl FnMut(&[u8]),
     ) -> Pumped {
         let mut total = 0u64;
-        let most = if self.direct { BLOCK } else { CACHED_BLOCK };
         loop {
-            let left = usize::try_from(limit.saturating_sub(total)).unwrap_or(most);
+            let left = usize::try_from(limit.saturating_sub(total)).unwrap_or(BLOCK);
             // A block no larger than what is left (a snapshot is one small read); past the
             // limit, a small one is enough to see that there is more.
             let want = match (left, past) {
                 (0, false) => return Pumped::End(total),
                 (0, true) => ALIGN,
-                _ => left.min(most),
+                _ => left.min(BLOCK),
             };
             match self.next_block(want) {
                 Ok((block, _)) if block.is_empty() => return Pumped::End(total),
@@ -169,76 +154,6 @@ pub(super) enum Pumped {
     Cut,
     /// A read failed (the error went to the reader).
     Failed,
-}
-
-/// `length` bytes of the file at `path` from `offset`, as a request body the SDK can send
-/// again on a retry; each sending reads the file anew on a blocking thread once it is first
-/// polled (the SDK keeps a clone of every request for a retry: it reads nothing). A spool
-/// file is read through the page cache: it was just written there (writing it past the cache
-/// too made the disk the bottleneck of the push bench, see the README).
-pub(super) fn byte_stream(path: PathBuf, offset: u64, length: u64) -> ByteStream {
-    ByteStream::new(SdkBody::retryable(move || {
-        SdkBody::from_body_1_x(Blocks {
-            rx: None,
-            from: Some((path.clone(), offset)),
-            left: length,
-        })
-    }))
-}
-
-/// A body of the blocks a [`Source::pump`] sends, of a known length.
-struct Blocks {
-    rx: Option<mpsc::Receiver<io::Result<Bytes>>>,
-    /// Where to read from, until the first poll starts the reader.
-    from: Option<(PathBuf, u64)>,
-    left: u64,
-}
-
-impl Blocks {
-    fn start(&mut self) -> &mut mpsc::Receiver<io::Result<Bytes>> {
-        let (path, offset) = self.from.take().unwrap_or_default();
-        let length = self.left;
-        self.rx.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(4);
-            tokio::task::spawn_blocking(move || match File::open(&path) {
-                Ok(file) => {
-                    Source::at(file, offset, false).pump(length, false, &tx, |_| {});
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                }
-            });
-            rx
-        })
-    }
-}
-
-impl http_body::Body for Blocks {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        match self.start().poll_recv(cx) {
-            Poll::Ready(Some(Ok(block))) => {
-                self.left = self.left.saturating_sub(block.len() as u64);
-                Poll::Ready(Some(Ok(Frame::data(block))))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) if self.left > 0 => Poll::Ready(Some(Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("the file ended {} bytes early", self.left),
-            )))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.left)
-    }
 }
 
 /// Sets or clears `O_DIRECT` on `file`'s open file description (and so on every descriptor
@@ -335,27 +250,6 @@ mod tests {
                 "a direct read fills no page cache"
             );
         }
-    }
-
-    #[tokio::test]
-    async fn a_body_is_the_range_asked_for_and_can_be_sent_again() {
-        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let path = dir.path().join("f");
-        let data: Vec<u8> = (0..3 * ALIGN + 100).map(|i| (i % 241) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
-        // An aligned start and a length that is not (a part of 5,000,000 bytes, say): the last
-        // block is cut to it although the file goes on.
-        let stream = byte_stream(path.clone(), ALIGN as u64, 5_000);
-        let body = stream.into_inner();
-        assert_eq!(body.content_length(), Some(5_000));
-        let again = body.try_clone().expect("retryable");
-        for body in [body, again] {
-            let got = ByteStream::new(body).collect().await.unwrap().into_bytes();
-            assert_eq!(&got[..], &data[ALIGN..ALIGN + 5_000]);
-        }
-        // A file shorter than the length: an error, not a short body.
-        let short = byte_stream(path.clone(), 0, data.len() as u64 + 1);
-        assert!(short.collect().await.is_err());
     }
 
     #[test]
