@@ -1,7 +1,7 @@
 //! s3edge against nginx `proxy_cache`, nginx `proxy_cache` + `slice 1m` and Varnish (malloc),
 //! release build, one run.
 //!
-//! `cargo bench --bench peers` (needs `wrk`, `nginx`, `varnishd`, `curl`, `taskset`). Each server
+//! `cargo bench --bench peers` (needs `wrk`, `h2load`, `nginx`, `varnishd`, `curl`, `taskset`). Each server
 //! is pinned to core 0, the load generator to core 1. The origin is one s3s-fs backend in this
 //! process, on its own thread and runtime: on core 1 with the clients by default, or with
 //! `S3EDGE_PEERS_ORIGIN_CORE=0` on the servers' core (a real edge pays for every byte it moves
@@ -15,8 +15,8 @@
 //! - P2 cache hit, random 1 MiB ranges of a 50 MB mp4: MB/s.
 //! - P3 miss path: p50 and p99 of 30 KB misses (each request a new object), and cold
 //!   stream-through of 50 MB objects: MB/s against the direct backend, and server CPU per MB.
-//! - P4 a lone cold 2 MB GET, and 200 concurrent cold requests for one 2 MB object: upstream
-//!   requests and p99.
+//! - P4 a lone cold 2 MB GET, and 200 concurrent cold requests for one 2 MB object (h2load,
+//!   200 connections): upstream requests and p99.
 //! - P5 RSS of s3edge after 4 × capacity of distinct objects passed through, cold
 //!   stream-through once the cache is full (a real edge's steady state), RSS after a purge.
 //!
@@ -53,7 +53,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    for tool in ["wrk", "nginx", "varnishd", "curl", "taskset"] {
+    for tool in ["wrk", "h2load", "nginx", "varnishd", "curl", "taskset"] {
         if Command::new("which")
             .arg(tool)
             .output()
@@ -61,7 +61,7 @@ fn main() {
             .unwrap_or(true)
         {
             eprintln!(
-                "peers: `{tool}` is needed (apt-get install wrk nginx-light varnish curl util-linux)"
+                "peers: `{tool}` is needed (apt-get install wrk nghttp2-client nginx-light varnish curl util-linux)"
             );
             std::process::exit(2);
         }
@@ -474,8 +474,53 @@ async fn timed_get(client: &HttpClient, url: &str) -> (Duration, usize) {
         "{url}: {}",
         response.status()
     );
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (started.elapsed(), body.len())
+    // Counted, not kept: a client that gathers 200 bodies of 2 MB measures its own
+    // allocations more than the server.
+    let mut body = response.into_body();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            len += data.len();
+        }
+    }
+    (started.elapsed(), len)
+}
+
+/// `count` concurrent GETs of `url` by h2load (HTTP/1.1, one connection each, on core 1):
+/// each request's time from its log, after checking every answer is a 200 of the whole
+/// object.
+fn collapsed_gets(dir: &Path, url: &str, count: usize) -> Vec<Duration> {
+    let log = dir.join("h2load.log");
+    // h2load appends to its log.
+    let _ = std::fs::remove_file(&log);
+    let out = Command::new("timeout")
+        .args(["60", "taskset", "-c", "1", "h2load", "--h1"])
+        .arg(format!("-n{count}"))
+        .arg(format!("-c{count}"))
+        .arg(format!("--log-file={}", log.display()))
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let data: usize = text
+        .lines()
+        .find(|l| l.starts_with("traffic:"))
+        .and_then(|l| l.rsplit_once(") data"))
+        .and_then(|(head, _)| head.rsplit_once('('))
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(data, count * POPULAR, "h2load {url}: {text}");
+    let times: Vec<Duration> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            assert_eq!(fields.get(1), Some(&"200"), "h2load {url}: {line}");
+            Duration::from_micros(fields[2].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(times.len(), count, "h2load {url}");
+    times
 }
 
 fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
@@ -758,22 +803,30 @@ end
             goal(tails[s3edge].1 <= best50 && tails[s3edge].2 <= best99)
         );
 
-        // P3 cold stream-through, with the server's CPU around each transfer.
-        let mut cold = Vec::new();
-        for (index, name) in names.iter().enumerate() {
-            let (mut cpu, mut speeds, mut faults) = (0.0, Vec::new(), 0);
-            let perf = servers.get(index).and_then(|s| perf_start(s, "cold"));
-            for i in 0..COLD {
+        // P3 cold stream-through, with the server's CPU around each transfer. Rounds go
+        // through every server in turn, so a drift of the machine during the part (this VM's
+        // fresh memory costs more or less from one second to the next) falls on all alike.
+        let mut per_server: Vec<(f64, Vec<f64>, u64)> = vec![(0.0, Vec::new(), 0); names.len()];
+        let perfs: Vec<Option<Child>> = servers.iter().map(|s| perf_start(s, "cold")).collect();
+        for i in 0..COLD {
+            for (index, name) in names.iter().enumerate() {
                 let url = format!("{}/{account}/cold-{name}-{i}.mp4", base(index));
                 let (ms, speed, faulted) = cold_transfer(servers.get(index), &url);
-                cpu += ms;
-                faults += faulted;
-                speeds.push(speed);
+                let entry = &mut per_server[index];
+                entry.0 += ms;
+                entry.1.push(speed);
+                entry.2 += faulted;
             }
-            perf_stop(perf);
-            let mb = (COLD * VIDEO) as f64 / 1e6;
-            cold.push((*name, median(speeds), cpu / mb, faults as f64 / mb));
         }
+        perfs.into_iter().for_each(perf_stop);
+        let mb = (COLD * VIDEO) as f64 / 1e6;
+        let cold: Vec<(&str, f64, f64, f64)> = names
+            .iter()
+            .zip(per_server)
+            .map(|(name, (cpu, speeds, faults))| {
+                (*name, median(speeds), cpu / mb, faults as f64 / mb)
+            })
+            .collect();
         let _ = writeln!(
             report,
             "P3 cold stream-through of a 50 MB object (curl, median of {COLD} distinct objects; server CPU from /proc/PID/stat around each transfer):"
@@ -820,18 +873,7 @@ end
             let url = format!("{}/{account}/popular-{}.mp4", s.base, s.name);
             let before = backends.backends[0].stats.requests();
             let perf = perf_start(s, "p4");
-            let mut tasks = Vec::new();
-            for _ in 0..200 {
-                let client = client.clone();
-                let url = url.clone();
-                tasks.push(tokio::spawn(async move { timed_get(&client, &url).await }));
-            }
-            let mut times = Vec::new();
-            for t in tasks {
-                let (d, n) = t.await.unwrap();
-                assert_eq!(n, POPULAR);
-                times.push(d);
-            }
+            let times = collapsed_gets(dir.path(), &url, 200);
             perf_stop(perf);
             let upstream = backends.backends[0].stats.requests() - before;
             let p99 = percentile(times, 0.99);

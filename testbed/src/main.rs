@@ -71,6 +71,10 @@ struct BackendArgs {
     /// Account hash of the synthetic recordings.
     #[arg(long, default_value = "loadtest0000")]
     account: String,
+    /// Also answer anonymous GET/HEAD (for peers that cannot sign, such as nginx or Varnish
+    /// in a side-by-side bench).
+    #[arg(long)]
+    public_read: bool,
 }
 
 fn main() -> ExitCode {
@@ -122,7 +126,7 @@ async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
             provider: Provider::Aws,
             root: args.data.clone(),
             redirect_to_region: None,
-            public_read: false,
+            public_read: args.public_read,
             virtual_host_domain: None,
         },
     )?;
