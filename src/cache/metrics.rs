@@ -76,7 +76,8 @@ cache_counters! {
     negative_hits: "404s answered from the negative cache",
     bypassed: "Objects too large to cache, relayed",
     fetch_failures: "Chunk fetches that failed (cut, timed out, object changed)",
-    buffers_reused: "Chunk fills that reused a dropped chunk's buffer",
+    buffers_reused: "Chunk fills and joins that reused a dropped chunk's buffer",
+    chunks_joined: "Chunks stored in the pieces they arrived in, joined into one buffer at their first hit",
 }
 
 /// The cache's series, read at scrape time.

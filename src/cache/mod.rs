@@ -19,6 +19,7 @@ mod probe;
 mod run;
 mod store;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -233,6 +234,9 @@ impl Cache {
             etag: &found.etag,
             last_modified: found.last_modified_time,
         };
+        // A chunk read again is joined into one buffer; a miss reads what it just stored
+        // as it is.
+        let join = !matches!(outcome, Outcome::Miss);
         let mut response = match conditional::evaluate(headers, validators) {
             Precondition::NotModified => respond::not_modified(),
             Precondition::Failed => respond::precondition_failed(),
@@ -248,11 +252,11 @@ impl Cache {
                         respond::range_not_satisfiable(respond::unsatisfied_range(found.length))
                     }
                     Some(Ok(span)) => {
-                        self.file_response(upstream, &key, found, method, span, true)
+                        self.file_response(upstream, &key, found, method, span, true, join)
                             .await?
                     }
                     None => {
-                        self.file_response(upstream, &key, found, method, whole, false)
+                        self.file_response(upstream, &key, found, method, whole, false, join)
                             .await?
                     }
                 }
@@ -333,7 +337,9 @@ impl Cache {
         }
     }
 
-    /// A 200 or 206 of `span`: headers from the metadata, body from the chunks.
+    /// A 200 or 206 of `span`: headers from the metadata, body from the chunks (joined if
+    /// `join`).
+    #[allow(clippy::too_many_arguments)]
     async fn file_response(
         &self,
         upstream: &Arc<Upstream>,
@@ -342,11 +348,12 @@ impl Cache {
         method: &Method,
         span: Span,
         partial: bool,
+        join: bool,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let body = if method == Method::HEAD || span.is_empty() {
             ResponseBody::empty()
         } else {
-            self.body(upstream, key, found, span).await?
+            self.body(upstream, key, found, span, join).await?
         };
         let mut response = Response::new(body);
         let h = response.headers_mut();
@@ -372,6 +379,7 @@ impl Cache {
         key: &ObjectKey,
         found: &ObjectMeta,
         span: Span,
+        join: bool,
     ) -> Result<ResponseBody, GatewayError> {
         let inner = &self.inner;
         let (first, last) = (
@@ -380,14 +388,16 @@ impl Cache {
         );
         if last - first < DIRECT_CHUNKS {
             let mut parts = Vec::with_capacity(usize::try_from(last - first + 1).unwrap_or(1));
+            let mut whole = true;
             for index in first..=last {
-                let chunk = inner.store.chunk(&chunk_key(key, found, index)).await;
-                match chunk.and_then(|bytes| slice_chunk(&bytes, index, inner.chunk_size, span)) {
-                    Some(part) => parts.push(part),
-                    None => break,
+                let chunk = inner.store.chunk(&chunk_key(key, found, index), join).await;
+                let (lo, hi) = chunk_span(index, inner.chunk_size, span);
+                if !chunk.is_some_and(|c| c.slices_into(lo, hi, &mut parts)) {
+                    whole = false;
+                    break;
                 }
             }
-            if parts.len() as u64 == last - first + 1 {
+            if whole {
                 return Ok(ResponseBody::parts(parts));
             }
         }
@@ -404,6 +414,8 @@ impl Cache {
             next: first,
             last,
             reading: None,
+            stored: VecDeque::new(),
+            join,
             ended: false,
         };
         let mut pieces = Box::pin(futures_util::stream::unfold(producer, |mut p| async move {
@@ -496,6 +508,10 @@ struct Producer {
     last: u64,
     /// The chunk being followed while it is fetched.
     reading: Option<Reading>,
+    /// Slices of a stored chunk (one, or one per piece) not yet handed out.
+    stored: VecDeque<Bytes>,
+    /// Chunks stored in pieces are joined as they are read (the request is a hit).
+    join: bool,
     /// A failure was reported: nothing follows it.
     ended: bool,
 }
@@ -514,6 +530,9 @@ impl Producer {
     async fn next(&mut self) -> Option<Result<Bytes, StreamCut>> {
         let chunk = self.inner.chunk_size;
         loop {
+            if let Some(slice) = self.stored.pop_front() {
+                return Some(Ok(slice));
+            }
             if let Some(reading) = &mut self.reading {
                 if reading.position >= reading.hi {
                     self.reading = None;
@@ -537,14 +556,21 @@ impl Producer {
             }
             let index = self.next;
             self.next += 1;
-            let source =
-                run::chunk_source(&self.inner, &self.upstream, &self.key, &self.found, index).await;
+            let source = run::chunk_source(
+                &self.inner,
+                &self.upstream,
+                &self.key,
+                &self.found,
+                index,
+                self.join,
+            )
+            .await;
             match source {
-                ChunkSource::Stored(bytes) => {
-                    return match slice_chunk(&bytes, index, chunk, self.span) {
-                        Some(part) => Some(Ok(part)),
-                        None => self.fail(),
-                    };
+                ChunkSource::Stored(stored) => {
+                    let (lo, hi) = chunk_span(index, chunk, self.span);
+                    if !stored.slices_into(lo, hi, &mut self.stored) {
+                        return self.fail();
+                    }
                 }
                 ChunkSource::Filling(reader) => {
                     let chunk_start = index * chunk;
@@ -578,12 +604,12 @@ fn chunk_key(key: &ObjectKey, found: &ObjectMeta, index: u64) -> ChunkKey {
     }
 }
 
-/// The part of stored chunk `index` that falls in `span`; `None` if the chunk is too short.
-fn slice_chunk(bytes: &Bytes, index: u64, chunk: u64, span: Span) -> Option<Bytes> {
+/// The bytes of chunk `index` (offsets within it) that fall in `span`.
+fn chunk_span(index: u64, chunk: u64, span: Span) -> (usize, usize) {
     let chunk_start = index * chunk;
     let lo = to_usize(span.start.max(chunk_start) - chunk_start);
     let hi = to_usize(span.end.min(chunk_start + chunk) - chunk_start);
-    (hi <= bytes.len() && lo < hi).then(|| bytes.slice(lo..hi))
+    (lo, hi)
 }
 
 /// The chunk a miss should fetch first: where the client's Range starts.

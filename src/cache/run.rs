@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
 use http::header::{IF_MATCH, RANGE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 
 use super::inflight::{ChunkReader, Run, claim_run, lock};
-use super::store::{ChunkKey, ObjectKey, ObjectMeta};
+use super::store::{ChunkKey, ObjectKey, ObjectMeta, StoredChunk};
 use super::{CacheInner, to_usize};
 use crate::body::UpstreamBody;
 use crate::upstream::{self, Upstream};
@@ -18,19 +18,20 @@ use crate::upstream::{self, Upstream};
 /// Where a chunk's bytes come from.
 pub(super) enum ChunkSource {
     /// Stored.
-    Stored(Bytes),
+    Stored(StoredChunk),
     /// Being fetched.
     Filling(ChunkReader),
 }
 
-/// A chunk from the store, from the fetch in flight, or from a new fetch of the run of
-/// missing chunks starting here.
+/// A chunk from the store (joined into one buffer if `join` and it is stored in pieces), from
+/// the fetch in flight, or from a new fetch of the run of missing chunks starting here.
 pub(super) async fn chunk_source(
     cache: &Arc<CacheInner>,
     upstream: &Arc<Upstream>,
     object: &ObjectKey,
     meta: &ObjectMeta,
     index: u64,
+    join: bool,
 ) -> ChunkSource {
     let key = ChunkKey {
         object: object.clone(),
@@ -38,8 +39,8 @@ pub(super) async fn chunk_source(
         index,
     };
     loop {
-        if let Some(bytes) = cache.store.chunk(&key).await {
-            return ChunkSource::Stored(bytes);
+        if let Some(chunk) = cache.store.chunk(&key, join).await {
+            return ChunkSource::Stored(chunk);
         }
         let run = {
             let mut chunks = lock(&cache.fetches.chunks);
@@ -83,7 +84,8 @@ pub(super) struct Fill {
     filled: u64,
     /// The current chunk's one buffer, sized to it: its part not yet published. Published
     /// pieces are slices of it, so the upstream's frames are released at once (its read
-    /// buffer is reused instead of reallocated, which would fault in fresh memory).
+    /// buffer is reused instead of reallocated, which would fault in fresh memory), and the
+    /// store keeps them as they are until a hit joins them.
     buf: BytesMut,
     /// The store's purge generation before the fetch.
     since: u64,
@@ -200,30 +202,6 @@ impl Fill {
         }
     }
 
-    /// The chunk as one buffer for the store: one slice serves a hit with one write. A chunk
-    /// that arrived in one piece is that piece; otherwise the pieces are copied into a kept
-    /// buffer (or a new one) and the fill's buffer goes to the pool for the next fill once
-    /// its readers are done.
-    fn contiguous(&self, pieces: Vec<Bytes>) -> Bytes {
-        match pieces.as_slice() {
-            [] => Bytes::new(),
-            [one] => one.clone(),
-            [first, ..] => {
-                let len = pieces.iter().map(Bytes::len).sum();
-                let pool = self.inner.store.pool();
-                let (mut buf, reused) = pool.take(len);
-                if reused {
-                    self.inner.metrics.buffers_reused.inc();
-                }
-                for piece in &pieces {
-                    buf.extend_from_slice(piece);
-                }
-                pool.give(first.clone());
-                buf.freeze()
-            }
-        }
-    }
-
     /// Length of the chunk being filled.
     fn expected_len(&self) -> u64 {
         let chunk = self.inner.chunk_size;
@@ -236,10 +214,9 @@ impl Fill {
         let (key, cell) = &self.run[self.current];
         let pieces = cell.finish();
         if self.length <= self.inner.max_object_size {
-            let bytes = self.contiguous(pieces);
             self.inner
                 .store
-                .put_chunk(key.clone(), bytes, self.since)
+                .put_chunk(key.clone(), StoredChunk::from_pieces(pieces), self.since)
                 .await;
             self.inner.metrics.chunks_stored.inc();
         }

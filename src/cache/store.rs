@@ -44,7 +44,68 @@ enum StoreKey {
 #[derive(Debug, Clone)]
 enum StoreValue {
     Meta(Arc<StoredMeta>),
-    Chunk(Bytes),
+    Chunk(StoredChunk),
+}
+
+/// A stored chunk: the pieces it arrived in, until its first hit joins them into one buffer.
+/// A miss pays no second copy (most chunks of a recording watched once are never read
+/// again); a chunk read again is one slice and one write from then on.
+#[derive(Debug, Clone)]
+pub(super) enum StoredChunk {
+    /// One contiguous buffer.
+    One(Bytes),
+    /// The pieces a fill published, in order: slices of the fill's one buffer.
+    Pieces(Arc<[Bytes]>),
+}
+
+impl StoredChunk {
+    /// A chunk stored as it arrived: one piece is already one buffer.
+    pub(super) fn from_pieces(mut pieces: Vec<Bytes>) -> Self {
+        if pieces.len() <= 1 {
+            StoredChunk::One(pieces.pop().unwrap_or_default())
+        } else {
+            StoredChunk::Pieces(pieces.into())
+        }
+    }
+
+    /// Its length in bytes.
+    pub(super) fn len(&self) -> usize {
+        match self {
+            StoredChunk::One(bytes) => bytes.len(),
+            StoredChunk::Pieces(pieces) => pieces.iter().map(Bytes::len).sum(),
+        }
+    }
+
+    /// Appends bytes `lo..hi` of the chunk to `out` as slices of what it holds (no copy);
+    /// false, and nothing appended, if `lo..hi` is empty or the chunk is shorter than `hi`.
+    pub(super) fn slices_into(&self, lo: usize, hi: usize, out: &mut impl Extend<Bytes>) -> bool {
+        if lo >= hi || hi > self.len() {
+            return false;
+        }
+        match self {
+            StoredChunk::One(bytes) => out.extend([bytes.slice(lo..hi)]),
+            StoredChunk::Pieces(pieces) => {
+                let mut start = 0;
+                for piece in pieces.iter() {
+                    let end = start + piece.len();
+                    let (a, b) = (lo.max(start), hi.min(end));
+                    if a < b {
+                        out.extend([piece.slice(a - start..b - start)]);
+                    }
+                    start = end;
+                }
+            }
+        }
+        true
+    }
+
+    /// The slice that owns its buffer once every other slice of it is gone (for the pool).
+    fn first(&self) -> Option<Bytes> {
+        match self {
+            StoredChunk::One(bytes) => Some(bytes.clone()),
+            StoredChunk::Pieces(pieces) => pieces.first().cloned(),
+        }
+    }
 }
 
 /// What the backend said about an object, and when.
@@ -114,18 +175,21 @@ pub(super) struct Store {
     settle_every: u64,
     /// Where evicted chunks' buffers go, and fills take theirs.
     pool: Arc<BufferPool>,
+    /// The cache's counters (joins and the buffers they reuse).
+    metrics: Arc<CacheMetrics>,
 }
 
 impl Store {
     /// A store holding at most `capacity` weighted bytes.
     pub(super) fn new(capacity: u64, metrics: Arc<CacheMetrics>, pool: Arc<BufferPool>) -> Store {
         let listener_pool = pool.clone();
+        let listener_metrics = metrics.clone();
         let cache = moka::future::Cache::builder()
             .max_capacity(capacity)
             .weigher(|key: &StoreKey, value: &StoreValue| -> u32 {
                 let body = match value {
                     StoreValue::Meta(_) => 128,
-                    StoreValue::Chunk(bytes) => u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+                    StoreValue::Chunk(chunk) => u32::try_from(chunk.len()).unwrap_or(u32::MAX),
                 };
                 let key = match key {
                     StoreKey::Meta(k) => k.key.len(),
@@ -136,10 +200,14 @@ impl Store {
             })
             .eviction_listener(move |_key, value, cause| {
                 if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-                    metrics.evictions.inc();
+                    listener_metrics.evictions.inc();
                 }
-                if let StoreValue::Chunk(bytes) = value {
-                    listener_pool.give(bytes);
+                // Every removal, a join's replacement included, hands the buffer over once.
+                if let Some(first) = match &value {
+                    StoreValue::Chunk(chunk) => chunk.first(),
+                    StoreValue::Meta(_) => None,
+                } {
+                    listener_pool.give(first);
                 }
             })
             .support_invalidation_closures()
@@ -150,6 +218,7 @@ impl Store {
             unsettled: Arc::default(),
             settle_every: (capacity / 32).max(1),
             pool,
+            metrics,
         }
     }
 
@@ -194,12 +263,39 @@ impl Store {
         self.cache.invalidate(&StoreKey::Meta(key.clone())).await;
     }
 
-    /// A stored chunk.
-    pub(super) async fn chunk(&self, key: &ChunkKey) -> Option<Bytes> {
-        match self.cache.get(&StoreKey::Chunk(key.clone())).await {
-            Some(StoreValue::Chunk(bytes)) => Some(bytes),
-            _ => None,
+    /// A stored chunk; with `join` (the request is a hit), one stored in pieces is joined
+    /// into one buffer, which replaces it in the store.
+    pub(super) async fn chunk(&self, key: &ChunkKey, join: bool) -> Option<StoredChunk> {
+        let since = self.generation();
+        let chunk = match self.cache.get(&StoreKey::Chunk(key.clone())).await {
+            Some(StoreValue::Chunk(chunk)) => chunk,
+            _ => return None,
+        };
+        let StoredChunk::Pieces(pieces) = &chunk else {
+            return Some(chunk);
+        };
+        if !join {
+            return Some(chunk);
         }
+        let len = pieces.iter().map(Bytes::len).sum();
+        let (mut buf, reused) = self.pool.take(len);
+        if reused {
+            self.metrics.buffers_reused.inc();
+        }
+        for piece in pieces.iter() {
+            buf.extend_from_slice(piece);
+        }
+        let joined = StoredChunk::One(buf.freeze());
+        self.metrics.chunks_joined.inc();
+        // The pieces' buffer goes to the pool through the eviction listener (cause
+        // `Replaced`), or through the purge that made this put a no-op.
+        self.put(
+            StoreKey::Chunk(key.clone()),
+            StoreValue::Chunk(joined.clone()),
+            since,
+        )
+        .await;
+        Some(joined)
     }
 
     /// Whether a chunk is stored (synchronous: usable under a lock).
@@ -208,9 +304,9 @@ impl Store {
     }
 
     /// Stores a chunk fetched in generation `since`.
-    pub(super) async fn put_chunk(&self, key: ChunkKey, bytes: Bytes, since: u64) {
-        let len = bytes.len() as u64;
-        self.put(StoreKey::Chunk(key), StoreValue::Chunk(bytes), since)
+    pub(super) async fn put_chunk(&self, key: ChunkKey, chunk: StoredChunk, since: u64) {
+        let len = chunk.len() as u64;
+        self.put(StoreKey::Chunk(key), StoreValue::Chunk(chunk), since)
             .await;
         let unsettled = self.unsettled.fetch_add(len, Ordering::AcqRel) + len;
         if unsettled >= self.settle_every {
@@ -263,5 +359,48 @@ impl Store {
     /// Applies pending evictions and invalidations now (tests, metrics).
     pub(super) async fn sync(&self) {
         self.cache.run_pending_tasks().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_in_pieces_slices_like_one_buffer() {
+        let whole: Bytes = (0..100u8).collect::<Vec<u8>>().into();
+        let pieces = StoredChunk::from_pieces(vec![
+            whole.slice(0..10),
+            whole.slice(10..45),
+            whole.slice(45..46),
+            whole.slice(46..100),
+        ]);
+        let one = StoredChunk::from_pieces(vec![whole.clone()]);
+        assert!(matches!(one, StoredChunk::One(_)));
+        assert_eq!(pieces.len(), 100);
+        for (lo, hi) in [
+            (0, 100),
+            (0, 10),
+            (9, 11),
+            (10, 45),
+            (44, 47),
+            (45, 46),
+            (99, 100),
+        ] {
+            let mut out = Vec::new();
+            assert!(pieces.slices_into(lo, hi, &mut out), "{lo}..{hi}");
+            assert!(out.iter().all(|s| !s.is_empty()), "{lo}..{hi}: {out:?}");
+            assert_eq!(out.concat(), whole[lo..hi], "{lo}..{hi}");
+            let mut single = Vec::new();
+            assert!(one.slices_into(lo, hi, &mut single));
+            assert_eq!(single, vec![whole.slice(lo..hi)]);
+        }
+        let mut out = Vec::new();
+        assert!(!pieces.slices_into(50, 101, &mut out));
+        assert!(!pieces.slices_into(7, 7, &mut out));
+        assert!(out.is_empty());
+        assert!(
+            matches!(StoredChunk::from_pieces(Vec::new()), StoredChunk::One(b) if b.is_empty())
+        );
     }
 }

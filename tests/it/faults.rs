@@ -364,3 +364,61 @@ async fn an_open_circuit_is_served_stale_from_the_cache() {
     }
     assert_eq!(metric(&h, "s3edge_circuit_open{region=\"eu1\"}"), 1.0);
 }
+
+#[tokio::test]
+async fn chunks_kept_in_the_pieces_they_arrived_in_are_joined_at_their_first_hit() {
+    let (h, proxy) = start(|c| c.cache.chunk_size = 64 * 1024).await;
+    // Not periodic (a misplaced piece would show): 3 whole chunks and a short one.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let body: Bytes = (0..3 * 65_536 + 10_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into();
+    let path = put_object(&h, "pieces", &body).await;
+    // Every chunk comes in several upstream reads.
+    proxy.set(Fault::Trickle {
+        bytes: 16 * 1024,
+        every: Duration::from_millis(5),
+    });
+    let miss = h.get(&path, &[]).await;
+    assert_eq!(miss.status, StatusCode::OK);
+    assert!(miss.body == body);
+    assert!(
+        miss.header("cache-status")
+            .unwrap_or("")
+            .contains("fwd=miss")
+    );
+    h.cache().sync().await;
+    let stats = h.cache().stats();
+    assert_eq!(stats.chunks_stored, 4, "{stats:?}");
+    assert_eq!(
+        stats.chunks_joined, 0,
+        "a miss copies nothing twice: {stats:?}"
+    );
+    proxy.set(Fault::Pass);
+    // A range hit across chunks 0 and 1 joins those two, and reads them right.
+    let range = h.get(&path, &[("range", "bytes=60000-70000")]).await;
+    assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
+    assert!(range.body == body.slice(60_000..70_001));
+    assert!(range.header("cache-status").unwrap_or("").contains("; hit"));
+    assert_eq!(h.cache().stats().chunks_joined, 2);
+    // The whole object: the other whole chunk is joined (the short last one may have
+    // come in one piece); then nothing is joined again.
+    for _ in 0..2 {
+        let hit = h.get(&path, &[]).await;
+        assert_eq!(hit.status, StatusCode::OK);
+        assert!(hit.body == body);
+    }
+    let joined = h.cache().stats().chunks_joined;
+    assert!((3..=4).contains(&joined), "{joined}");
+    let tail = h.get(&path, &[("range", "bytes=131000-")]).await;
+    assert!(tail.body == body.slice(131_000..));
+    let stats = h.cache().stats();
+    assert_eq!(stats.chunks_joined, joined, "{stats:?}");
+    assert_eq!(stats.upstream_fetches, 1, "{stats:?}");
+}
