@@ -588,6 +588,7 @@ impl Producer {
     fn fail(&mut self) -> Option<Result<Bytes, StreamCut>> {
         self.ended = true;
         self.reading = None;
+        self.stored.clear();
         Some(Err(StreamCut))
     }
 }
