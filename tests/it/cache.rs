@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::common::{Harness, sample_path, within};
+use crate::common::{Harness, random_bytes as pattern, sample_path, within};
 use bytes::Bytes;
 use http::StatusCode;
 use s3edge::config::Config;
@@ -13,19 +13,6 @@ const KIB: u64 = 1024;
 /// Small chunks so that small test objects span many of them.
 fn small_chunks(c: &mut Config) {
     c.cache.chunk_size = 64 * KIB;
-}
-
-fn pattern(len: usize, seed: u64) -> Bytes {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
 }
 
 /// xorshift64: a fixed-seed source of test ranges.

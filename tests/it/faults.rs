@@ -369,16 +369,7 @@ async fn an_open_circuit_is_served_stale_from_the_cache() {
 async fn chunks_kept_in_the_pieces_they_arrived_in_are_joined_at_their_first_hit() {
     let (h, proxy) = start(|c| c.cache.chunk_size = 64 * 1024).await;
     // Not periodic (a misplaced piece would show): 3 whole chunks and a short one.
-    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-    let body: Bytes = (0..3 * 65_536 + 10_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into();
+    let body = crate::common::random_bytes(3 * 65_536 + 10_000, 0x9e37_79b9_7f4a_7c15);
     let path = put_object(&h, "pieces", &body).await;
     // Every chunk comes in several upstream reads.
     proxy.set(Fault::Trickle {

@@ -50,6 +50,20 @@ impl Reply {
 }
 
 /// The sample recording's key for a kind.
+/// `len` bytes of xorshift64 output from `seed`: not periodic, so a misplaced slice shows.
+pub fn random_bytes(len: usize, seed: u64) -> Bytes {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
 pub fn sample_key(kind: FileKind) -> String {
     format!(
         "{}/{}{}",
