@@ -3,8 +3,10 @@
 //! writes the access log line when the response ends (completed, failed or dropped).
 //!
 //! - [`upstream`]: the backend's body under an idle limit ([`UpstreamBody`]).
+//! - [`coalesce`]: fewer, larger reads of a long backend body (`SO_RCVLOWAT`).
 //! - [`log`]: the access log record and the cache's outcome as the log and metrics see it.
 
+pub(crate) mod coalesce;
 pub(crate) mod log;
 pub(crate) mod upstream;
 

@@ -1,6 +1,7 @@
 //! The backend's response body as the gateway reads it: frames pass through unchanged, a
 //! silence longer than `body_idle` ends it with an error (a trickling or hung backend never
 //! holds a client forever), and a cut is counted. Dropping it marks the upstream request done.
+//! A long body asks its connection for fewer, larger reads ([`super::coalesce`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use hyper::body::Incoming;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::{Instant, Sleep};
 
+use super::coalesce::{Coalescer, Coalescing, MAX_WAIT};
 use crate::metrics::RegionMetrics;
 
 /// Why the backend's body ended early.
@@ -36,17 +38,22 @@ pub struct UpstreamBody {
     /// Armed only while waiting, so a fast transfer never touches the timer.
     timer: Option<Pin<Box<Sleep>>>,
     metrics: Arc<RegionMetrics>,
+    coalescing: Coalescing,
     _in_flight: InFlightGuard,
 }
 
 impl UpstreamBody {
+    /// `connection` is the response's handle on its connection's reads, if it has one.
     pub(crate) fn new(
         body: Incoming,
+        connection: Option<&Coalescer>,
         idle: Duration,
         metrics: Arc<RegionMetrics>,
         in_flight: InFlightGuard,
     ) -> Self {
+        let coalescing = Coalescing::start(connection, body.size_hint().exact());
         UpstreamBody {
+            coalescing,
             body,
             idle,
             last: Instant::now(),
@@ -66,28 +73,44 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.last = Instant::now();
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(error))) => {
-                this.metrics.error("body_cut");
-                Poll::Ready(Some(Err(UpstreamBodyError::Cut(error))))
-            }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                let deadline = this.last + this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if timer.deadline() != deadline {
-                    timer.as_mut().reset(deadline);
+        loop {
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.last = Instant::now();
+                    if let Some(data) = frame.data_ref() {
+                        this.coalescing.received(data.len());
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                ready!(timer.as_mut().poll(cx));
-                this.metrics.error("timeout_body");
-                Poll::Ready(Some(Err(UpstreamBodyError::Idle(this.idle))))
+                Poll::Ready(Some(Err(error))) => {
+                    this.coalescing.stop();
+                    this.metrics.error("body_cut");
+                    return Poll::Ready(Some(Err(UpstreamBodyError::Cut(error))));
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {}
             }
+            // While reads are coalesced a wait is short: a longer one means a slow upstream,
+            // whose bytes then pass as they come.
+            let coalescing = this.coalescing.active();
+            let deadline = if coalescing {
+                this.last + MAX_WAIT.min(this.idle)
+            } else {
+                this.last + this.idle
+            };
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            ready!(timer.as_mut().poll(cx));
+            if coalescing {
+                this.coalescing.stop();
+                continue;
+            }
+            this.metrics.error("timeout_body");
+            return Poll::Ready(Some(Err(UpstreamBodyError::Idle(this.idle))));
         }
     }
 

@@ -1,6 +1,7 @@
 //! The pooled HTTP(S) client of one region: keep-alive, TCP_NODELAY, rustls with the web PKI
 //! roots, a connect timeout, an optional fixed address (`connect_to`), and the wait for the
-//! response head bounded by `timeouts.response_head`.
+//! response head bounded by `timeouts.response_head`. Its TCP connections read long bodies in
+//! large steps ([`crate::body::coalesce`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,10 +17,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::TokioExecutor;
 
+use crate::body::coalesce::{CoalescingIo, READ_BUFFER};
+
 use crate::config::Timeouts;
 use crate::error::{GatewayError, StartupError};
 
-type HttpsClient = Client<HttpsConnector<HttpConnector<Resolver>>, Empty<Bytes>>;
+type HttpsClient = Client<HttpsConnector<Tcp>, Empty<Bytes>>;
 
 /// A region's connection pool and its time limits.
 #[derive(Debug)]
@@ -109,11 +112,32 @@ fn build_client(
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
+        .wrap_connector(Tcp(http));
     Ok(Client::builder(TokioExecutor::new())
+        // Bounds what hyper reads ahead of a body's consumer (see `coalesce`).
+        .http1_max_buf_size(READ_BUFFER)
         .pool_idle_timeout(timeouts.pool_idle)
         .pool_max_idle_per_host(256)
         .build(https))
+}
+
+/// The TCP connector, its connections wrapped to coalesce the reads of long bodies.
+#[derive(Debug, Clone)]
+struct Tcp(HttpConnector<Resolver>);
+
+impl tower_service::Service<http::Uri> for Tcp {
+    type Response = CoalescingIo;
+    type Error = <HttpConnector<Resolver> as tower_service::Service<http::Uri>>::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<CoalescingIo, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move { Ok(CoalescingIo::new(connecting.await?)) })
+    }
 }
 
 /// Name resolution for the upstream: the system resolver, or a fixed address when the

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Method, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::body::coalesce::Coalescer;
 use crate::body::{InFlightGuard, UpstreamBody};
 use crate::circuit::Circuit;
 use crate::config::{Addressing, Config, RegionConfig, RetryPolicy, Timeouts};
@@ -186,7 +187,10 @@ impl Upstream {
     ) -> Response<UpstreamBody> {
         let idle = self.timeouts.body_idle;
         let metrics = self.metrics.clone();
-        response.map(|body| UpstreamBody::new(body, idle, metrics, in_flight))
+        let (head, body) = response.into_parts();
+        let connection = head.extensions.get::<Coalescer>();
+        let body = UpstreamBody::new(body, connection, idle, metrics, in_flight);
+        Response::from_parts(head, body)
     }
 
     /// The wait before retry `attempt` (1-based): exponential, capped, with equal jitter so

@@ -413,3 +413,67 @@ async fn chunks_kept_in_the_pieces_they_arrived_in_are_joined_at_their_first_hit
     assert_eq!(stats.chunks_joined, joined, "{stats:?}");
     assert_eq!(stats.upstream_fetches, 1, "{stats:?}");
 }
+
+/// A long body is read in large steps (its upstream connection's low-water mark,
+/// `body::coalesce`): it arrives whole from a fast upstream, the kept-alive connection then
+/// answers the next requests at once (the mark is back at 1 before the body's end), and a
+/// trickling upstream whose bytes come slower than the mark fills is not cut as idle.
+#[tokio::test]
+async fn long_bodies_read_in_large_steps_arrive_whole_and_leave_the_connection_reusable() {
+    let (h, proxy) = start(|c| {
+        c.cache.enabled = false;
+        // A stalled read or head would end here, long before the test's own limits.
+        c.timeouts.body_idle = Duration::from_millis(200);
+        c.timeouts.response_head = Duration::from_secs(1);
+    })
+    .await;
+    // Long enough to raise the mark: more than its margin (2 MiB) and the mark (256 KiB).
+    let long = crate::common::random_bytes(6 << 20, 0x2545_f491_4f6c_dd1d);
+    let short = crate::common::random_bytes(10_000, 0x9e37_79b9_7f4a_7c15);
+    let long_path = put_object(&h, "long", &long).await;
+    let short_path = put_object(&h, "short", &short).await;
+    let first = h.get(&short_path, &[]).await;
+    assert!(first.status == StatusCode::OK && first.body == short);
+    let connections = proxy.connections();
+    for _ in 0..2 {
+        // Time for the connection to go back to the pool, so the next request reuses it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let got = h.get(&long_path, &[]).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.body.len(), long.len());
+        assert!(got.body == long);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let next = h.get(&short_path, &[]).await;
+        assert_eq!(next.status, StatusCode::OK);
+        assert!(next.body == short);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let range = h
+            .get(&long_path, &[("range", "bytes=3000000-6291455")])
+            .await;
+        assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
+        assert!(range.body == long.slice(3_000_000..));
+    }
+    assert_eq!(
+        proxy.connections(),
+        connections,
+        "every request after the first rode the same connection"
+    );
+    // 16 KiB every 20 ms fills the mark in 320 ms, past the 200 ms idle limit: the mark is
+    // dropped after a short wait and the body passes as it comes.
+    let slow = crate::common::random_bytes(2_560 * 1024, 0x1234_5678_9abc_def1);
+    let slow_path = put_object(&h, "slow", &slow).await;
+    proxy.set(Fault::Trickle {
+        bytes: 16 * 1024,
+        every: Duration::from_millis(20),
+    });
+    let got = h.get(&slow_path, &[]).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(got.body == slow);
+    assert_eq!(
+        metric(
+            &h,
+            "s3edge_upstream_errors_total{region=\"eu1\",kind=\"timeout_body\"}"
+        ),
+        0.0
+    );
+}
