@@ -51,11 +51,6 @@ pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// At most this many stored chunks are gathered without a producer.
 const DIRECT_CHUNKS: u64 = 16;
-/// A body this small that has to be fetched goes out whole with its head: one write and one
-/// wake-up of the client instead of one per upstream read (a 30 KB miss took 2.5), and a
-/// fetch that fails partway is still a clean 502. Its first byte waits for its last, which
-/// for this size is the time the upstream takes to send it.
-const WHOLE_WITH_HEAD: u64 = 64 * 1024;
 
 /// Buffers of dropped chunks kept for reuse: a 16th of the capacity, at most this.
 const POOL_MAX: u64 = 64 * 1024 * 1024;
@@ -375,10 +370,9 @@ impl Cache {
     }
 
     /// The bytes of `span`: straight from the store when every chunk is there, otherwise
-    /// from a producer that follows fetches as they arrive. The producer's first piece (all of
-    /// them, up to [`WHOLE_WITH_HEAD`] bytes) is awaited before the response head goes out, so
-    /// head and first bytes leave together and a fetch that fails at once is a clean 502
-    /// rather than a cut body.
+    /// from a producer that follows fetches as they arrive. The producer's first piece is
+    /// awaited before the response head goes out, so head and first bytes leave together and
+    /// a fetch that fails at once is a clean 502 rather than a cut body.
     async fn body(
         &self,
         upstream: &Arc<Upstream>,
@@ -428,13 +422,6 @@ impl Cache {
             p.next().await.map(|piece| (piece, p))
         }));
         match pieces.next().await {
-            Some(Ok(first)) if span.len() <= WHOLE_WITH_HEAD => {
-                let mut parts = vec![first];
-                while let Some(piece) = pieces.next().await {
-                    parts.push(piece.map_err(|_| GatewayError::UpstreamFetch)?);
-                }
-                Ok(ResponseBody::parts(parts))
-            }
             Some(Ok(first)) => Ok(ResponseBody::stream(Some(first), PieceStream::new(pieces))),
             Some(Err(_)) => Err(GatewayError::UpstreamFetch),
             None => Err(GatewayError::Internal("chunk producer ended without data")),

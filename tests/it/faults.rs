@@ -227,50 +227,6 @@ async fn a_cut_body_aborts_the_response_and_nothing_partial_is_cached() {
     }
 }
 
-/// A small file fetched into the cache goes out whole with its head (one write to the
-/// client), so an upstream cut partway through it is a clean 502, not a 200 cut short; the
-/// next request gets it whole. A large one still streams (the test above).
-#[tokio::test]
-async fn a_small_miss_cut_upstream_is_a_clean_502_and_a_whole_one_arrives_at_once() {
-    let (h, proxy) = start(|_| {}).await;
-    let body = crate::common::random_bytes(40_000, 0x0bad_cafe_f00d_1234);
-    let path = put_object(&h, "small-cut", &body).await;
-    proxy.script(&[Fault::CutAfter(20_000)], Fault::Pass);
-    let cut = fetch(&h.client, &url(&h, &path)).await;
-    assert_eq!(cut.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(&cut.body.unwrap()[..], b"bad gateway\n");
-    assert_eq!(
-        metric(&h, "s3edge_responses_cut_total{region=\"eu1\"}"),
-        0.0,
-        "nothing was cut: the head had not gone out"
-    );
-    // A trickled small miss: the head waits for the last piece, then all of it comes.
-    proxy.set(Fault::Trickle {
-        bytes: 8 * 1024,
-        every: Duration::from_millis(20),
-    });
-    let started = Instant::now();
-    let request = Request::get(url(&h, &path)).body(Empty::new()).unwrap();
-    let whole = within(h.client.request(request)).await.unwrap();
-    let head_after = started.elapsed();
-    assert!(
-        head_after >= Duration::from_millis(60),
-        "5 pieces 20 ms apart: the head left with the first, after {head_after:?}"
-    );
-    assert_eq!(whole.status(), StatusCode::OK);
-    assert_eq!(whole.headers().get("content-length").unwrap(), "40000");
-    let bytes = within(whole.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    assert!(bytes == body);
-    proxy.set(Fault::Pass);
-    let hit = h.get(&path, &[]).await;
-    assert_eq!(hit.status, StatusCode::OK);
-    assert!(hit.body == body);
-    assert!(hit.header("cache-status").unwrap_or("").contains("; hit"));
-}
-
 #[tokio::test]
 async fn an_http2_client_gets_a_reset_stream_and_keeps_its_connection() {
     let (h, proxy) = start(|c| c.cache.enabled = false).await;
