@@ -7,9 +7,9 @@
 //!
 //! It must never stall a body: the mark is raised only while the bytes still to come on the
 //! socket are certainly more than it (the body's remaining length less what hyper may hold,
-//! at most [`READ_BUFFER`] read ahead and one frame queued), it drops back to 1 before the
-//! last [`MARGIN`] bytes, and a wait longer than [`MAX_WAIT`] (a slow or trickling upstream)
-//! drops it for the rest of the body. Dropping it wakes the connection, which applies it
+//! at most [`READ_BUFFER`] read ahead and one frame queued), it drops back to 1 once less than
+//! [`MARGIN`] plus the mark is left, and a wait longer than [`MAX_WAIT`] (a slow or trickling
+//! upstream) drops it for the rest of the body. Dropping it wakes the connection, which applies it
 //! before its next read (and the kernel signals data already above the new mark).
 
 use std::os::fd::{AsFd, AsRawFd};
@@ -128,6 +128,22 @@ impl CoalescingIo {
             applied: 1,
         }
     }
+
+    /// Sets the socket's mark to what the response wants, if it changed.
+    fn apply(&mut self) {
+        let wanted = self.shared.wanted.load(Ordering::Acquire);
+        if wanted == self.applied {
+            return;
+        }
+        match set_receive_low_water(self.inner.inner(), wanted) {
+            Ok(()) => self.applied = wanted,
+            // A socket that refuses it reads as before (the response's wish is dropped).
+            Err(error) => {
+                tracing::debug!(%error, "SO_RCVLOWAT refused");
+                self.shared.wanted.store(self.applied, Ordering::Release);
+            }
+        }
+    }
 }
 
 impl Connection for CoalescingIo {
@@ -150,24 +166,6 @@ impl Read for CoalescingIo {
             this.apply();
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl CoalescingIo {
-    /// Sets the socket's mark to what the response wants, if it changed.
-    fn apply(&mut self) {
-        let wanted = self.shared.wanted.load(Ordering::Acquire);
-        if wanted == self.applied {
-            return;
-        }
-        match set_receive_low_water(self.inner.inner(), wanted) {
-            Ok(()) => self.applied = wanted,
-            // A socket that refuses it reads as before (the responses' wish is dropped).
-            Err(error) => {
-                tracing::debug!(%error, "SO_RCVLOWAT refused");
-                self.shared.wanted.store(self.applied, Ordering::Release);
-            }
-        }
     }
 }
 
