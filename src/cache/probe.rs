@@ -228,19 +228,22 @@ fn response_length(response: &http::Response<UpstreamBody>) -> Option<u64> {
     headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// Representation metadata from a backend answer.
+/// Representation metadata from a backend answer. Every value kept is a copy: hyper's header
+/// values are slices of its connection's read buffer, so one kept in the store would pin that
+/// whole buffer for as long as the metadata lives, and the connection would allocate (and the
+/// kernel zero) a new one for its next answer.
 fn parse_meta(headers: &HeaderMap, kind: FileKind, length: u64) -> ObjectMeta {
     let etag_header = headers
         .get(ETAG)
-        .cloned()
+        .map(detached)
         .unwrap_or(HeaderValue::from_static("\"\""));
     let etag: Arc<str> = etag_header.to_str().unwrap_or("\"\"").into();
-    let last_modified = headers.get(LAST_MODIFIED).cloned();
+    let last_modified = headers.get(LAST_MODIFIED).map(detached);
     let last_modified_time = last_modified
         .as_ref()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok());
-    let content_type = kind.content_type_for(headers.get(CONTENT_TYPE));
+    let content_type = detached(&kind.content_type_for(headers.get(CONTENT_TYPE)));
     ObjectMeta {
         etag,
         etag_header,
@@ -248,5 +251,43 @@ fn parse_meta(headers: &HeaderMap, kind: FileKind, length: u64) -> ObjectMeta {
         last_modified_time,
         length,
         content_type,
+    }
+}
+
+/// A copy of a header value, in memory of its own.
+fn detached(value: &HeaderValue) -> HeaderValue {
+    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    #[test]
+    fn kept_metadata_does_not_pin_the_connections_read_buffer() {
+        // As hyper parses a head: every value a slice of the one read buffer.
+        let head =
+            Bytes::from(b"\"0123456789abcdef\"Tue, 01 Dec 2026 10:00:00 GMTvideo/x-test".to_vec());
+        let value = |range: std::ops::Range<usize>| {
+            HeaderValue::from_maybe_shared(head.slice(range)).expect("valid value")
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(ETAG, value(0..18));
+        headers.insert(LAST_MODIFIED, value(18..47));
+        headers.insert(CONTENT_TYPE, value(47..59));
+        let meta = parse_meta(&headers, FileKind::Processed, 30_000);
+        drop(headers);
+        assert_eq!(meta.etag_header, "\"0123456789abcdef\"");
+        assert_eq!(&*meta.etag, "\"0123456789abcdef\"");
+        assert_eq!(
+            meta.last_modified.as_ref().map(HeaderValue::as_bytes),
+            Some(&b"Tue, 01 Dec 2026 10:00:00 GMT"[..])
+        );
+        assert!(meta.last_modified_time.is_some());
+        assert_eq!(meta.content_type, "video/x-test");
+        // Nothing the metadata keeps shares the buffer: the connection can reuse it.
+        assert!(head.try_into_mut().is_ok());
     }
 }
