@@ -18,7 +18,9 @@
 //! - P4 a lone cold 2 MB GET, and 200 concurrent cold requests for one 2 MB object (h2load,
 //!   200 connections): upstream requests and p99.
 //! - P5 RSS of s3edge after 4 × capacity of distinct objects passed through, cold
-//!   stream-through once the cache is full (a real edge's steady state), RSS after a purge.
+//!   stream-through once the cache is full (a real edge's steady state), RSS after a purge;
+//!   RSS after 2 × capacity of distinct 30 KB snapshots (many entries: what each costs
+//!   beyond its bytes shows).
 //!
 //! Only loopback addresses are used; every run is bounded in time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_precision_loss)]
@@ -35,6 +37,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -47,6 +50,8 @@ const POPULAR: usize = 2 * 1024 * 1024;
 const MISSES: usize = 300;
 /// Cold 50 MB objects streamed through each server.
 const COLD: usize = 5;
+/// P5's 30 KB snapshots: 2 × its 128 MiB cache.
+const SMALL_OBJECTS: usize = 2 * 128 * 1024 * 1024 / SNAPSHOT;
 const LOAD_SECS: u32 = 8;
 
 fn main() {
@@ -632,6 +637,13 @@ async fn run(cores: usize) {
     for i in 0..COLD {
         put(format!("{account}/steady-{i}.mp4"), video.clone()).await;
     }
+    if part("p5") {
+        futures_util::stream::iter(0..SMALL_OBJECTS)
+            .for_each_concurrent(16, |i| {
+                put(format!("{account}/small-{i}.jpg"), snapshot.clone())
+            })
+            .await;
+    }
 
     let servers = vec![
         start_s3edge(dir.path(), &config, 1024 * 1024 * 1024),
@@ -963,6 +975,30 @@ end
             median(speeds),
             cpu / ((COLD * VIDEO) as f64 / 1e6),
             faults as f64 / ((COLD * VIDEO) as f64 / 1e6)
+        );
+        drop(s);
+
+        // Many small entries: a leak per entry, or memory an entry pins beyond its bytes,
+        // shows here and not with 50 MB objects.
+        let s = start_s3edge(dir.path(), &config, capacity);
+        let idle = vm_kib(s.child.id(), "VmRSS:") << 10;
+        let mut passed = 0u64;
+        for i in 0..SMALL_OBJECTS {
+            let url = format!("{}/{account}/small-{i}.jpg", s.base);
+            passed += timed_get(&client, &url).await.1 as u64;
+        }
+        let pid = s.child.id();
+        let (peak, now) = (vm_kib(pid, "VmHWM:") << 10, vm_kib(pid, "VmRSS:") << 10);
+        let _ = writeln!(
+            report,
+            "P5 RSS {} MiB idle; after {} MiB of distinct 30 KB snapshots ({SMALL_OBJECTS}) through a {} MiB cache: peak {} MiB, now {} MiB (goal ≤ {} MiB: {})",
+            idle >> 20,
+            passed >> 20,
+            capacity >> 20,
+            peak >> 20,
+            now >> 20,
+            limit >> 20,
+            goal(peak <= limit),
         );
         drop(s);
     }
