@@ -63,6 +63,14 @@ impl SigningCredentials {
         SigningCredentials { current }
     }
 
+    /// Fixed credentials, for tests.
+    #[cfg(test)]
+    pub(crate) fn fixed(credentials: Credentials) -> Self {
+        SigningCredentials {
+            current: Arc::new(ArcSwapOption::new(Some(Arc::new(credentials.into())))),
+        }
+    }
+
     /// The identity to sign with now, if any.
     pub(crate) fn current(&self) -> Option<Arc<Identity>> {
         self.current.load_full()

@@ -106,10 +106,10 @@ impl Upstream {
             })?,
             base,
             path_prefix,
-            signer: Signer {
-                region: region.signing_region.clone(),
-                credentials: SigningCredentials::new(region),
-            },
+            signer: Signer::new(
+                region.signing_region.clone(),
+                SigningCredentials::new(region),
+            ),
             timeouts,
             retry: config.retry,
             circuit: Circuit::new(config.circuit, (*metrics).clone()),
@@ -207,7 +207,7 @@ impl Upstream {
 
     /// Whether requests can be signed (a dynamic source has answered).
     pub fn has_credentials(&self) -> bool {
-        self.signer.credentials.current().is_some()
+        self.signer.has_identity()
     }
 
     /// Whether the region's circuit is open (requests fail fast).
