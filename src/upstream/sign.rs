@@ -156,30 +156,7 @@ impl Signer {
         if let Some(token) = token {
             signed.push(("x-amz-security-token", Cow::Borrowed(token)));
         }
-        signed.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut names = String::with_capacity(signed.len() * 16);
-        for (i, (name, _)) in signed.iter().enumerate() {
-            if i > 0 {
-                names.push(';');
-            }
-            names.push_str(name);
-        }
-        let mut canonical = String::with_capacity(512);
-        canonical.push_str(request.method().as_str());
-        canonical.push('\n');
-        canonical.push_str(request.uri().path());
-        canonical.push_str("\n\n");
-        for (name, value) in &signed {
-            canonical.push_str(name);
-            canonical.push(':');
-            canonical.push_str(value);
-            canonical.push('\n');
-        }
-        canonical.push('\n');
-        canonical.push_str(&names);
-        canonical.push('\n');
-        canonical.push_str(UNSIGNED_PAYLOAD);
-
+        let (names, canonical) = canonical_request(request.method(), request.uri().path(), signed);
         let mut scope = String::with_capacity(32 + self.region.len());
         scope.push_str(date);
         scope.push('/');
@@ -192,28 +169,7 @@ impl Signer {
         to_sign.push_str(&scope);
         to_sign.push('\n');
         to_sign.push_str(&hex::encode(Sha256::digest(canonical.as_bytes())));
-        let signature = {
-            let mut guard = self.day_key.lock().unwrap_or_else(PoisonError::into_inner);
-            let key = match guard.as_ref() {
-                Some(k) if k.date == date && Arc::ptr_eq(&k.identity, identity) => k,
-                _ => guard.insert(DayKey {
-                    identity: identity.clone(),
-                    date: date.to_owned(),
-                    key: v4::generate_signing_key(
-                        credentials.secret_access_key(),
-                        now,
-                        &self.region,
-                        "s3",
-                    )
-                    .as_ref()
-                    .to_vec(),
-                }),
-            };
-            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.key)
-                .map_err(|_| GatewayError::Signing("unusable signing key".into()))?;
-            mac.update(to_sign.as_bytes());
-            hex::encode(mac.finalize().into_bytes())
-        };
+        let signature = self.signature(identity, credentials, now, date, &to_sign)?;
         let mut authorization = String::with_capacity(160 + names.len());
         let _ = write!(
             authorization,
@@ -239,6 +195,38 @@ impl Signer {
         authorization.set_sensitive(true);
         out.insert(AUTHORIZATION, authorization);
         Ok(out)
+    }
+
+    /// The hex HMAC of `to_sign` under the signing key of `identity` and `date` (derived
+    /// once, then reused until either changes).
+    fn signature(
+        &self,
+        identity: &Arc<Identity>,
+        credentials: &Credentials,
+        now: SystemTime,
+        date: &str,
+        to_sign: &str,
+    ) -> Result<String, GatewayError> {
+        let mut guard = self.day_key.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = match guard.as_ref() {
+            Some(k) if k.date == date && Arc::ptr_eq(&k.identity, identity) => k,
+            _ => guard.insert(DayKey {
+                identity: identity.clone(),
+                date: date.to_owned(),
+                key: v4::generate_signing_key(
+                    credentials.secret_access_key(),
+                    now,
+                    &self.region,
+                    "s3",
+                )
+                .as_ref()
+                .to_vec(),
+            }),
+        };
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.key)
+            .map_err(|_| GatewayError::Signing("unusable signing key".into()))?;
+        mac.update(to_sign.as_bytes());
+        Ok(hex::encode(mac.finalize().into_bytes()))
     }
 
     /// Signs `request` (built from `url`) with `aws-sigv4`, and gives it `headers`.
@@ -282,6 +270,39 @@ impl Signer {
         instructions.apply_to_request_http1x(request);
         Ok(())
     }
+}
+
+/// The signed header names (`a;b;c`) and the canonical request of a bodiless request
+/// without a query, from its signed `(name, value)` pairs in any order.
+fn canonical_request(
+    method: &Method,
+    path: &str,
+    mut signed: Vec<(&str, Cow<'_, str>)>,
+) -> (String, String) {
+    signed.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut names = String::with_capacity(signed.len() * 16);
+    for (i, (name, _)) in signed.iter().enumerate() {
+        if i > 0 {
+            names.push(';');
+        }
+        names.push_str(name);
+    }
+    let mut canonical = String::with_capacity(512);
+    canonical.push_str(method.as_str());
+    canonical.push('\n');
+    canonical.push_str(path);
+    canonical.push_str("\n\n");
+    for (name, value) in &signed {
+        canonical.push_str(name);
+        canonical.push(':');
+        canonical.push_str(value);
+        canonical.push('\n');
+    }
+    canonical.push('\n');
+    canonical.push_str(&names);
+    canonical.push('\n');
+    canonical.push_str(UNSIGNED_PAYLOAD);
+    (names, canonical)
 }
 
 /// `YYYYMMDD'T'HHMMSS'Z'` in UTC, written digit by digit (chrono's formatter was a fifth of
