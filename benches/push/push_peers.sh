@@ -13,8 +13,11 @@
 #     CLI_PARALLEL` for the folder; CLIENT=per-recording: one call per recording); the time runs
 #     from the first PUT to the last `pushed`, so s3edge pays for receiving, fsync and every
 #     committed state change on top of the upload.
-# PERF_DATA=FILE records the push process with `perf` during its run.
+# PERF_DATA=FILE records the push process with `perf` during its run (PERF_CALLGRAPH=dwarf,16384
+# for call stacks through code built without frame pointers; default fp).
 # SPOOL_DIR=DIR puts the push service's spool there (/dev/shm/spool: no disk under it).
+# RECEIVE_ONLY=1 turns the environment's storage off: s3edge only receives, fsyncs and commits
+# (each recording ends `skipped`), the part of its run no upload can overlap.
 # Reported: seconds and MB/s per uploader, the ratio to s5cmd, and s3edge's peak RSS.
 set -euo pipefail
 
@@ -158,7 +161,10 @@ s3edge_pid=$!
 pids+=($s3edge_pid)
 wait_port "$api_port"
 api="http://127.0.0.1:$api_port"
-curl -sf -X PUT "$api/v1/environments/bench" -d '{"account":"BENCH","region":"eu1"}' >/dev/null
+storage=true
+[ -z "${RECEIVE_ONLY:-}" ] || storage=false
+curl -sf -X PUT "$api/v1/environments/bench" \
+  -d "{\"account\":\"BENCH\",\"region\":\"eu1\",\"complimentary_storage\":$storage}" >/dev/null
 
 export BIN="$bin"
 push_all() {
@@ -179,19 +185,19 @@ push_all() {
         "$BIN" push --url "$API" put --env bench --commit "$@" >/dev/null' "$src/{}"
   fi
   echo "every file received and committed after $(python3 -c "print(f'{$(date +%s.%N)-$push_start:.2f}')") s" >&2
-  # Until every recording is pushed. The poll is one curl and two greps every 0.1 s: it runs
+  # Until every recording is pushed (or skipped, with RECEIVE_ONLY). The poll is one curl and two greps every 0.1 s: it runs
   # on the same two cores, and a python (behind a pyenv shim) per poll cost the push more
   # CPU than the upload of a 1 GiB file.
   while true; do
     left=$(curl -sf "$api/v1/recordings?env=bench&limit=10000" |
-      grep -o '"state":"[a-z]*"' | grep -vc '"state":"pushed"' || true)
+      grep -o '"state":"[a-z]*"' | grep -vEc '"state":"(pushed|skipped)"' || true)
     [ "$left" = 0 ] && break
     sleep 0.1
   done
 }
 if [ -n "${PERF_DATA:-}" ]; then
   # Profile the push process during its run: PERF_DATA=/tmp/push.perf bash benches/push/push_peers.sh
-  perf record -F 499 -g -p "$s3edge_pid" -o "$PERF_DATA" >/dev/null 2>&1 &
+  perf record -F 499 --call-graph "${PERF_CALLGRAPH:-fp}" -p "$s3edge_pid" -o "$PERF_DATA" >/dev/null 2>&1 &
   perf_pid=$!
 fi
 run s3edge push_all
