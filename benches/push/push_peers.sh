@@ -16,6 +16,8 @@
 # PERF_DATA=FILE records the push process with `perf` during its run (PERF_CALLGRAPH=dwarf,16384
 # for call stacks through code built without frame pointers; default fp).
 # SPOOL_DIR=DIR puts the push service's spool there (/dev/shm/spool: no disk under it).
+# BACKEND_DIR=DIR puts the backend's objects there (/dev/shm/pb: the bucket's bytes off this disk,
+# as a real bucket's are).
 # RECEIVE_ONLY=1 turns the environment's storage off: s3edge only receives, fsyncs and commits
 # (each recording ends `skipped`), the part of its run no upload can overlap.
 # Reported: seconds and MB/s per uploader, the ratio to s5cmd, and s3edge's peak RSS.
@@ -75,7 +77,7 @@ echo "files: $files, $(( total / 1048576 )) MiB in all"
 
 # The backend.
 port=$(free_port)
-"$testbed" --log-format json backend --listen "127.0.0.1:$port" --data "$work/backend" \
+"$testbed" --log-format json backend --listen "127.0.0.1:$port" --data "${BACKEND_DIR:-$work/backend}" \
   --region eu-central-1 --bucket eu1-addpipe --access-key BENCHKEY --secret-key bench-secret \
   >"$work/backend.log" 2>&1 &
 backend_pid=$!
