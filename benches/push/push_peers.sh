@@ -42,11 +42,16 @@ done
 bin="${S3EDGE_BIN:-$root/target/release/s3edge}"   # S3EDGE_BIN: another build (before/after)
 testbed="$root/target/release/s3edge-testbed"
 work=$(mktemp -d)
+backend_dir="$work/backend"
+if [ -n "${BACKEND_DIR:-}" ]; then
+  mkdir -p "$BACKEND_DIR"
+  backend_dir=$(mktemp -d -p "$BACKEND_DIR")   # removed at the end, as $work is
+fi
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work"
+  rm -rf "$work" "$backend_dir"
 }
 trap cleanup EXIT
 
@@ -77,7 +82,7 @@ echo "files: $files, $(( total / 1048576 )) MiB in all"
 
 # The backend.
 port=$(free_port)
-"$testbed" --log-format json backend --listen "127.0.0.1:$port" --data "${BACKEND_DIR:-$work/backend}" \
+"$testbed" --log-format json backend --listen "127.0.0.1:$port" --data "$backend_dir" \
   --region eu-central-1 --bucket eu1-addpipe --access-key BENCHKEY --secret-key bench-secret \
   >"$work/backend.log" 2>&1 &
 backend_pid=$!
@@ -187,9 +192,9 @@ push_all() {
         "$BIN" push --url "$API" put --env bench --commit "$@" >/dev/null' "$src/{}"
   fi
   echo "every file received and committed after $(python3 -c "print(f'{$(date +%s.%N)-$push_start:.2f}')") s" >&2
-  # Until every recording is pushed (or skipped, with RECEIVE_ONLY). The poll is one curl and two greps every 0.1 s: it runs
-  # on the same two cores, and a python (behind a pyenv shim) per poll cost the push more
-  # CPU than the upload of a 1 GiB file.
+  # Until every recording is pushed (or skipped, with RECEIVE_ONLY). The poll is one curl and
+  # two greps every 0.1 s: it runs on the same two cores, and a python (behind a pyenv shim)
+  # per poll cost the push more CPU than the upload of a 1 GiB file.
   while true; do
     left=$(curl -sf "$api/v1/recordings?env=bench&limit=10000" |
       grep -o '"state":"[a-z]*"' | grep -vEc '"state":"(pushed|skipped)"' || true)
