@@ -250,7 +250,7 @@ async fn put_file(
             "the file is {NAME}.mp4, {NAME}.jpg, {NAME}_filmstrip.jpg or {NAME}_raw.mp4 (NAME: 1-128 of A-Z a-z 0-9 _ -)",
         ));
     };
-    let Some(env) = shared.store.environment(env_name).await? else {
+    let Some((env, refused)) = shared.store.environment_for_file(env_name, name).await? else {
         return Err(ApiError::not_found(format!("no environment {env_name:?}")));
     };
     let max = shared.push.max_file_size;
@@ -272,7 +272,7 @@ async fn put_file(
         None => None,
     };
     // Refused before a byte is written when the recording is already committed.
-    if let Some(refused) = shared.store.refuses_files(env_name, name).await? {
+    if let Some(refused) = refused {
         return Err(refused_file(refused));
     }
     let spool_error = |e: std::io::Error| {

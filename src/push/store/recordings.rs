@@ -2,8 +2,8 @@
 //! node's spool, commits), what operators ask (status, a manual push) and what the spool
 //! keeps.
 
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
 
 use super::pushes::refresh_state;
 use super::{
@@ -49,33 +49,38 @@ impl Store {
 
     /// An environment, secrets included.
     pub async fn environment(&self, name: &str) -> Result<Option<Environment>, StoreError> {
-        let row = sqlx::query(
-            "SELECT account, region, CAST(complimentary AS INTEGER) AS complimentary, webhook_url, webhook_secret, \
-             destinations, delete_after_days FROM environments WHERE name = $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {ENVIRONMENT} FROM environments e WHERE e.name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(environment_of).transpose()
+    }
+
+    /// An environment, and why this node may not receive a file of its recording `name`:
+    /// the recording is committed (or deleted), or another node is receiving it (`None` for a
+    /// new recording or an open one of this node). One round trip for what a file's PUT
+    /// checks before its body is read; a look, not a lock: `receive_file` asks again in its
+    /// transaction.
+    pub async fn environment_for_file(
+        &self,
+        env: &str,
+        name: &str,
+    ) -> Result<Option<(Environment, Option<Refused>)>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {ENVIRONMENT}, r.state, r.node FROM environments e \
+             LEFT JOIN recordings r ON r.env = e.name AND r.name = $2 WHERE e.name = $1"
+        ))
+        .bind(env)
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
             return Ok(None);
         };
-        let webhook = match (
-            row.get::<Option<String>, _>("webhook_url"),
-            row.get::<Option<String>, _>("webhook_secret"),
-        ) {
-            (Some(url), Some(secret)) => Some(crate::push::model::Webhook { url, secret }),
-            _ => None,
-        };
-        Ok(Some(Environment {
-            account: row.get("account"),
-            region: row.get("region"),
-            complimentary_storage: flag(&row, "complimentary"),
-            webhook,
-            destinations: serde_json::from_str(row.get::<&str, _>("destinations"))?,
-            delete_after_days: row
-                .get::<Option<i64>, _>("delete_after_days")
-                .and_then(|d| u32::try_from(d).ok()),
-        }))
+        let refused = self.refusal_of(&row);
+        Ok(Some((environment_of(&row)?, refused)))
     }
 
     /// Records a received file of an open recording (creating the recording); a committed
@@ -88,20 +93,22 @@ impl Store {
         file: &FileRow,
     ) -> Result<Result<(), Refused>, StoreError> {
         let (mut tx, turn) = self.begin().await?;
-        // Inserted first: of two nodes receiving a new recording at once, the second waits
-        // for the first's row and then reads it.
-        sqlx::query(
+        // Inserted, or (when it exists) updated to what it was: either way the row is this
+        // transaction's (of two nodes receiving a new recording at once, the second waits for
+        // the first's row) and comes back to be judged, in one round trip.
+        let row = sqlx::query(
             "INSERT INTO recordings (env, name, account, region, state, files_kept, node) \
-             VALUES ($1, $2, $3, $4, 'open', TRUE, $5) ON CONFLICT (env, name) DO NOTHING",
+             VALUES ($1, $2, $3, $4, 'open', TRUE, $5) \
+             ON CONFLICT (env, name) DO UPDATE SET env = excluded.env RETURNING state, node",
         )
         .bind(env)
         .bind(name)
         .bind(&environment.account)
         .bind(&environment.region)
         .bind(&self.node)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
-        if let Some(refused) = self.refusal(&mut tx, env, name).await? {
+        if let Some(refused) = self.refusal_of(&row) {
             return Ok(Err(refused));
         }
         sqlx::query(
@@ -120,43 +127,11 @@ impl Store {
         Ok(Ok(()))
     }
 
-    /// Why this node may not receive a file of a recording: it is committed (or deleted),
-    /// or another node is receiving it. `None` for a new or open recording of this node.
-    pub async fn refuses_files(
-        &self,
-        env: &str,
-        name: &str,
-    ) -> Result<Option<Refused>, StoreError> {
-        // A look, not a lock: `receive_file` asks again in its transaction.
-        let row = sqlx::query("SELECT state, node FROM recordings WHERE env = $1 AND name = $2")
-            .bind(env)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(self.refusal_of(row.as_ref()))
-    }
-
-    async fn refusal(
-        &self,
-        tx: &mut Transaction<'_, Any>,
-        env: &str,
-        name: &str,
-    ) -> Result<Option<Refused>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT state, node FROM recordings WHERE env = $1 AND name = $2{}",
-            self.dialect.for_update()
-        ))
-        .bind(env)
-        .bind(name)
-        .fetch_optional(&mut **tx)
-        .await?;
-        Ok(self.refusal_of(row.as_ref()))
-    }
-
-    /// Why a recording (its `state, node` row, if any) refuses files on this node.
-    fn refusal_of(&self, row: Option<&AnyRow>) -> Option<Refused> {
-        let row = row?;
-        if row.get::<&str, _>("state") != RecordingState::Open.as_str() {
+    /// Why a recording (a row with its `state` and `node`, both NULL where there is no
+    /// recording yet) refuses files on this node.
+    fn refusal_of(&self, row: &AnyRow) -> Option<Refused> {
+        let state = row.get::<Option<&str>, _>("state")?;
+        if state != RecordingState::Open.as_str() {
             return Some(Refused::Committed);
         }
         if row.get::<Option<&str>, _>("node") != Some(self.node.as_str()) {
@@ -397,4 +372,29 @@ impl Store {
             .collect();
         Ok((recordings, deliveries))
     }
+}
+
+/// The columns [`environment_of`] reads, of `environments e`.
+const ENVIRONMENT: &str = "e.account, e.region, CAST(e.complimentary AS INTEGER) AS complimentary, \
+     e.webhook_url, e.webhook_secret, e.destinations, e.delete_after_days";
+
+/// An environment from a row with the [`ENVIRONMENT`] columns.
+fn environment_of(row: &AnyRow) -> Result<Environment, StoreError> {
+    let webhook = match (
+        row.get::<Option<String>, _>("webhook_url"),
+        row.get::<Option<String>, _>("webhook_secret"),
+    ) {
+        (Some(url), Some(secret)) => Some(crate::push::model::Webhook { url, secret }),
+        _ => None,
+    };
+    Ok(Environment {
+        account: row.get("account"),
+        region: row.get("region"),
+        complimentary_storage: flag(row, "complimentary"),
+        webhook,
+        destinations: serde_json::from_str(row.get::<&str, _>("destinations"))?,
+        delete_after_days: row
+            .get::<Option<i64>, _>("delete_after_days")
+            .and_then(|d| u32::try_from(d).ok()),
+    })
 }
