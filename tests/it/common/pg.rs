@@ -4,11 +4,12 @@
 //! `S3EDGE_TEST_DATABASE=postgres` runs the push and deletion tests on PostgreSQL (a fresh
 //! database per service); without it they use SQLite. The fleet tests always use PostgreSQL.
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use s3edge::config::Database;
@@ -21,6 +22,28 @@ pub struct Postgres {
 }
 
 static SHARED: OnceLock<Postgres> = OnceLock::new();
+
+/// A loopback port for a server that a test stops and starts again on it. It is taken below
+/// the kernel's ephemeral range, where no listener bound to port 0 and no outgoing connection
+/// of another test can land while the server is down (a port from `bind(0)` could, and the
+/// restart then failed with "Address already in use"), and never handed out twice here.
+fn restartable_port() -> u16 {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let below = ephemeral.saturating_sub(16384).max(1024)..ephemeral;
+    for _ in 0..1000 {
+        let port = fastrand::u16(below.clone());
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {below:?}");
+}
 static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
 /// The database the push tests use: SQLite, or a fresh PostgreSQL database when
@@ -106,11 +129,11 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
+        let pg = Postgres {
+            dir,
+            port: restartable_port(),
+            bin,
         };
-        let pg = Postgres { dir, port, bin };
         pg.run();
         pg
     }
