@@ -25,8 +25,9 @@ static SHARED: OnceLock<Postgres> = OnceLock::new();
 
 /// A loopback port for a server that a test stops and starts again on it. It is taken below
 /// the kernel's ephemeral range, where no listener bound to port 0 and no outgoing connection
-/// of another test can land while the server is down (a port from `bind(0)` could, and the
-/// restart then failed with "Address already in use"), and never handed out twice here.
+/// can land while the server is down. A port from `bind(0)` could: a client retrying the
+/// stopped server may even be given that very port and connect to itself (TCP simultaneous
+/// open), and the restart then failed with "Address already in use". Never handed out twice.
 fn restartable_port() -> u16 {
     static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
