@@ -22,6 +22,7 @@ pub struct Postgres {
 }
 
 static SHARED: OnceLock<Postgres> = OnceLock::new();
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
 /// A loopback port for a server that a test stops and starts again on it. It is taken below
 /// the kernel's ephemeral range, where no listener bound to port 0 and no outgoing connection
@@ -45,7 +46,6 @@ fn restartable_port() -> u16 {
     }
     panic!("no free loopback port in {below:?}");
 }
-static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
 /// The database the push tests use: SQLite, or a fresh PostgreSQL database when
 /// `S3EDGE_TEST_DATABASE=postgres`.
