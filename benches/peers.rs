@@ -959,14 +959,11 @@ end
         let limit = capacity + (64 << 20);
         let _ = writeln!(
             report,
-            "P5 RSS {} MiB idle; after {} MiB of distinct objects through a {} MiB cache: peak {} MiB, now {} MiB (goal ≤ {} MiB: {}); 3 s after a purge of everything: {} MiB",
-            idle >> 20,
-            passed >> 20,
-            capacity >> 20,
-            peak >> 20,
-            now >> 20,
-            limit >> 20,
-            goal(peak <= limit),
+            "{}; 3 s after a purge of everything: {} MiB",
+            rss_line(
+                "distinct objects",
+                [idle, passed, capacity, peak, now, limit]
+            ),
             purged >> 20,
         );
         let _ = writeln!(
@@ -991,16 +988,28 @@ end
         let (peak, now) = (vm_kib(pid, "VmHWM:") << 10, vm_kib(pid, "VmRSS:") << 10);
         let _ = writeln!(
             report,
-            "P5 RSS {} MiB idle; after {} MiB of distinct 30 KB snapshots ({SMALL_OBJECTS}) through a {} MiB cache: peak {} MiB, now {} MiB (goal ≤ {} MiB: {})",
-            idle >> 20,
-            passed >> 20,
-            capacity >> 20,
-            peak >> 20,
-            now >> 20,
-            limit >> 20,
-            goal(peak <= limit),
+            "{}",
+            rss_line(
+                &format!("distinct 30 KB snapshots ({SMALL_OBJECTS})"),
+                [idle, passed, capacity, peak, now, limit],
+            ),
         );
         drop(s);
     }
     println!("{report}");
+}
+
+/// P5's memory line: `[idle, passed, capacity, peak, now, limit]` in bytes, after `what`
+/// passed through the cache.
+fn rss_line(what: &str, [idle, passed, capacity, peak, now, limit]: [u64; 6]) -> String {
+    format!(
+        "P5 RSS {} MiB idle; after {} MiB of {what} through a {} MiB cache: peak {} MiB, now {} MiB (goal ≤ {} MiB: {})",
+        idle >> 20,
+        passed >> 20,
+        capacity >> 20,
+        peak >> 20,
+        now >> 20,
+        limit >> 20,
+        goal(peak <= limit),
+    )
 }
