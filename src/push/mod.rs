@@ -29,6 +29,7 @@ pub mod model;
 pub mod schedule;
 mod source;
 pub mod spool;
+mod spool_body;
 pub mod store;
 pub mod upload;
 pub mod urls;

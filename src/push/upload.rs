@@ -16,7 +16,6 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::ProvideErrorMetadata;
-use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier,
     ServerSideEncryption, StorageClass,
@@ -26,6 +25,7 @@ use futures_util::StreamExt;
 
 use super::lock;
 use super::model::Target;
+use super::spool_body::spool_range;
 use super::store::{PushRow, Store};
 use crate::config::{Addressing, Config, CredentialSource, RegionConfig};
 use crate::policy;
@@ -209,12 +209,7 @@ impl Uploader {
 
     async fn put(&self, bucket: &Bucket, file: &FileUpload<'_>) -> Result<(), UploadError> {
         let sha = hex::decode(file.sha256).map_err(|e| UploadError::new("Io", e.to_string()))?;
-        let body = ByteStream::read_from()
-            .path(file.path)
-            .buffer_size(read_buffer(file.bytes))
-            .build()
-            .await
-            .map_err(|e| UploadError::new("Io", e.to_string()))?;
+        let body = spool_range(file.path.to_path_buf(), 0, file.bytes);
         let mut request = bucket
             .client
             .put_object()
@@ -422,14 +417,7 @@ impl Uploader {
         let offset = i * self.part_size;
         let length = self.part_end(i, file.bytes) - offset;
         let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
-        let body = ByteStream::read_from()
-            .path(file.path)
-            .offset(offset)
-            .length(Length::Exact(length))
-            .buffer_size(read_buffer(length))
-            .build()
-            .await
-            .map_err(|e| UploadError::new("Io", e.to_string()))?;
+        let body = spool_range(file.path.to_path_buf(), offset, length);
         // The SDK computes the part's CRC32C while it sends and puts it in a trailer: one
         // read of the part, no hashing pass before it.
         let sent = bucket
@@ -800,11 +788,6 @@ where
         _ => std::error::Error::source(&error).map_or_else(|| error.to_string(), |s| s.to_string()),
     };
     UploadError { code, message }
-}
-
-/// Reads from the spool in blocks of 256 KiB, or the file's size when smaller.
-fn read_buffer(bytes: u64) -> usize {
-    usize::try_from(bytes.clamp(4096, 256 * 1024)).unwrap_or(256 * 1024)
 }
 
 fn b64(bytes: &[u8]) -> String {
