@@ -312,9 +312,9 @@ impl Spool {
 
 /// Writes a stream to a file in blocks of [`WRITE_BUFFER`] on the blocking pool, one block
 /// written while the next gathers, then `fsync`s it. A block is the body's own buffers,
-/// written with one `pwritev`-style call, not copied into a block first (that copy was a
-/// quarter of the push process's `memmove` on the push bench); pieces under [`SMALL`] are
-/// copied together, so a body of tiny frames still makes few, large writes.
+/// written with `writev`, not copied into a block first (that copy was half of the push
+/// process's `memmove` on the push bench); pieces under [`SMALL`] are copied together, so a
+/// body of tiny frames still makes few, large writes.
 ///
 /// Every [`SYNC_EVERY`] bytes the writing of what is written so far to the disk starts
 /// beside the writes (on a second descriptor, see [`write_out`]), so the disk works while the
