@@ -393,18 +393,19 @@ impl<'p> BlockWriter<'p> {
         }
     }
 
-    /// The gathered block, taken.
-    fn block(&mut self) -> Vec<Bytes> {
+    /// The gathered block, taken, and its bytes.
+    fn block(&mut self) -> (Vec<Bytes>, usize) {
         self.take_small();
-        self.gathered = 0;
-        std::mem::take(&mut self.gathering)
+        (
+            std::mem::take(&mut self.gathering),
+            std::mem::take(&mut self.gathered),
+        )
     }
 
     /// Hands the gathered block to the blocking pool once the previous write is done.
     async fn flush(&mut self) -> std::io::Result<()> {
         let mut file = self.wait().await?;
-        let block = self.block();
-        let length: usize = block.iter().map(Bytes::len).sum();
+        let (block, length) = self.block();
         self.unsynced += length;
         self.writing = Some(tokio::task::spawn_blocking(move || {
             write_all(&mut file, &block)?;
@@ -462,8 +463,7 @@ impl<'p> BlockWriter<'p> {
         let mut file = self.wait().await?;
         // An early sync's error is the file's error too (the page may be lost).
         self.wait_sync().await?;
-        let last = self.block();
-        let length: usize = last.iter().map(Bytes::len).sum();
+        let (last, length) = self.block();
         tokio::task::spawn_blocking(move || {
             write_all(&mut file, &last)?;
             file.sync_all()
