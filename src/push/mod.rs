@@ -221,6 +221,8 @@ pub async fn run(
             tracing::warn!("push API connection refused: {MAX_CONNECTIONS} already open");
             continue;
         };
+        // Answers go out at once, not after the ACK of the previous write.
+        let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
