@@ -296,6 +296,9 @@ impl Store {
             .map_err(|_| StoreError::Url("not a valid sqlite or postgres URL".into()))?;
         let pool = AnyPoolOptions::new()
             .max_connections(connections)
+            // A ping before each use is a round trip to the connection's thread per statement
+            // and finds nothing wrong with a file; a server's connection can be dropped.
+            .test_before_acquire(dialect == Dialect::Postgres)
             .min_connections(0)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _| Box::pin(prepare(conn, dialect)))
