@@ -36,15 +36,10 @@ pub struct PushClient {
 impl PushClient {
     /// A client of `base` (`http://127.0.0.1:9093`).
     pub fn new(base: &str, token: Option<String>) -> Self {
-        // A streamed body goes out after its headers in a second write: with Nagle on, that
-        // write waits for the headers' ACK, which the server delays up to 40 ms (every small
-        // file cost 40 ms).
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
         PushClient {
             base: base.trim_end_matches('/').to_string(),
             token,
-            http: Client::builder(TokioExecutor::new()).build(http),
+            http: Client::builder(TokioExecutor::new()).build(connector()),
         }
     }
 
@@ -165,6 +160,15 @@ impl PushClient {
     }
 }
 
+/// The client's connector. A streamed body goes out after its headers in a second write:
+/// with Nagle on, that write waits for the headers' ACK, which the server delays up to 40 ms
+/// (every small file cost 40 ms).
+fn connector() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http
+}
+
 /// A file's blocks as they are read.
 type Blocks = mpsc::Receiver<std::io::Result<Bytes>>;
 
@@ -202,6 +206,18 @@ fn read_hashing(file: std::fs::File, length: u64) -> (Blocks, oneshot::Receiver<
 mod tests {
     use super::super::source::BLOCK;
     use super::*;
+
+    /// The CLI's connections send each write at once (`TCP_NODELAY`).
+    #[tokio::test]
+    async fn connections_are_made_without_nagle() {
+        use tower_service::Service as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: http::Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let io = connector().call(uri).await.unwrap();
+        assert!(io.inner().nodelay().unwrap());
+    }
 
     #[tokio::test]
     async fn a_read_whose_body_is_dropped_says_so() {
