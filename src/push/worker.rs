@@ -348,8 +348,9 @@ async fn purge_edges(shared: &Shared, push: &PushRow) {
 
 /// The `video_copied_s3` delivery a success causes, when the environment has a webhook.
 async fn delivery_for(shared: &Shared, push: &PushRow, now: i64) -> Option<NewDelivery> {
-    let recording = shared.store.recording(&push.env, &push.name).await.ok()??;
+    // Most environments have no webhook: then the recording is not read.
     let webhook = shared.store.environment(&push.env).await.ok()??.webhook?;
+    let recording = shared.store.recording(&push.env, &push.name).await.ok()??;
     let location = super::urls::location(Some(&shared.config), &recording.region);
     let urls = urls(
         location.as_deref(),
