@@ -20,10 +20,10 @@ use futures_util::StreamExt;
 use tokio::sync::{Mutex, Notify, watch};
 
 use super::Shared;
+use super::bucket::{Bucket, UploadError};
 use super::model::{Environment, Target};
 use super::schedule::now_ms;
 use super::store::{Doomed, PurgeRow, StoreError};
-use super::upload::UploadError;
 use crate::route::FileKind;
 
 /// Recordings tombstoned per transaction by a bulk job or a sweep.
@@ -174,7 +174,7 @@ async fn settle(shared: &Shared, purge: &PurgeRow, error: Option<&str>) {
 }
 
 /// The four keys of a recording in a bucket.
-fn keys(bucket: &super::upload::Bucket, d: &Doomed) -> Vec<String> {
+fn keys(bucket: &Bucket, d: &Doomed) -> Vec<String> {
     FileKind::ALL
         .iter()
         .map(|kind| bucket.key(&d.account, &d.name, *kind))

@@ -22,9 +22,10 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Notify, Semaphore, watch};
 
+use super::bucket::{Bucket, UploadError, abort};
 use super::model::{Environment, Target};
 use super::spool::{self, Arrival};
-use super::upload::{Bucket, FileUpload, OpenUpload, Owner, UploadError, abort};
+use super::upload::{FileUpload, OpenUpload, Owner};
 use super::{Shared, lock};
 use crate::route::FileKind;
 

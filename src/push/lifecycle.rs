@@ -16,9 +16,10 @@ use aws_sdk_s3::types::{
     LifecycleRuleAndOperator, LifecycleRuleFilter, Tag,
 };
 
+use super::bucket::{Bucket, ENV_TAG};
 use super::model::Target;
 use super::store::Store;
-use super::upload::{ENV_TAG, Uploader};
+use super::upload::Uploader;
 use crate::config::Config;
 
 /// Rule IDs s3edge owns start with this.
@@ -188,10 +189,7 @@ pub async fn run(command: LifecycleCommand) -> anyhow::Result<()> {
 
 /// Merges `rules` with the bucket's rules s3edge does not own and puts them (or deletes the
 /// configuration when nothing is left). Returns (rules kept, s3edge rules put).
-pub async fn apply_rules(
-    bucket: &super::upload::Bucket,
-    rules: &[Rule],
-) -> anyhow::Result<(usize, usize)> {
+pub async fn apply_rules(bucket: &Bucket, rules: &[Rule]) -> anyhow::Result<(usize, usize)> {
     let current = bucket.lifecycle_rules().await?;
     let mut merged: Vec<LifecycleRule> = current
         .into_iter()

@@ -9,6 +9,7 @@
 //! - [`worker`]: the dispatcher of attempts, and spool release;
 //! - [`upload`]: aws-sdk-s3 uploads (PutObject, parallel multipart); `early`: multipart
 //!   uploads of large files started while they arrive, completed by the commit's attempt;
+//!   [`bucket`]: a destination's client, storage policy, keys, deletes and lifecycle calls;
 //! - [`schedule`]: attempt times and retention days;
 //! - [`webhook`]: `video_copied_s3` bodies, signatures and deliveries;
 //! - `deletion`: deletes on request, lifecycle sweeps, bulk jobs; [`edges`]: cache purges on
@@ -18,6 +19,7 @@
 //! - [`client`] and [`cli`]: the API from a shell (`s3edge push …`, `s3edge urls`).
 
 pub mod api;
+pub mod bucket;
 pub mod cli;
 pub mod client;
 mod deletion;

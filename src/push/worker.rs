@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::sync::{Notify, Semaphore, watch};
 
+use super::bucket::UploadError;
 use super::model::{COMPLIMENTARY, RecordingState, Target, kind_of_suffix};
 use super::schedule::now_ms;
 use super::store::{NewDelivery, PushRow};
-use super::upload::{FileUpload, UploadError};
+use super::upload::FileUpload;
 use super::urls::urls;
 use super::webhook::{Copied, EVENT, delivery_id};
 use super::{Shared, lock};
